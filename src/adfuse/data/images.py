@@ -1,0 +1,157 @@
+"""NIfTI volumes (nibabel) and the region atlas they are registered to.
+
+``load_cohort`` checks headers only (dimensionality, shape and affine against the atlas); voxel
+content (NaN/Inf, a truncated file) is checked by ``read_volume`` when a volume is first prepared.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from adfuse.data.tables import read_delimited
+from adfuse.errors import DataError
+
+AFFINE_TOLERANCE_MM = 1e-3
+
+
+@dataclass(frozen=True)
+class Atlas:
+    """A label volume in the images' space and its index -> region-name table."""
+
+    image: Path
+    table: pd.DataFrame  # index (int), name (str), and any further BIDS columns
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+
+    @property
+    def names(self) -> list[str]:
+        return self.table["name"].tolist()
+
+    @property
+    def indices(self) -> list[int]:
+        return self.table["index"].tolist()
+
+    def labels(self) -> np.ndarray:
+        """The label volume as int32 (read on demand)."""
+        return np.asarray(_load(self.image).dataobj, dtype=np.int32)
+
+
+def read_atlas(image: Path, table_path: Path) -> Atlas | None:
+    """The atlas pair; None when neither file exists, a DataError when only one does."""
+    if not image.exists() and not table_path.exists():
+        return None
+    for path in (image, table_path):
+        if not path.exists():
+            raise DataError(
+                "the atlas needs both dseg.nii.gz and dseg.tsv; this one is missing",
+                file=_rel(path),
+            )
+    table = read_delimited(table_path, "\t", _rel(table_path))
+    for column in ("index", "name"):
+        if column not in table:
+            raise DataError(
+                f"required column {column!r} is missing (found: {', '.join(table.columns)})",
+                file=_rel(table_path),
+                field=column,
+            )
+    index = pd.to_numeric(table["index"], errors="coerce")
+    if index.isna().any():
+        bad = table["index"][index.isna()].iloc[0]
+        raise DataError(f"index {bad!r} is not an integer", file=_rel(table_path), field="index")
+    table["index"] = index.astype("int64")
+    if table["index"].duplicated().any() or table["name"].duplicated().any():
+        raise DataError("region indices and names must be unique", file=_rel(table_path))
+    header = read_header(image, _rel(image))
+    if len(header.shape) != 3:
+        raise DataError(f"a label volume must be 3D, found shape {header.shape}", file=_rel(image))
+    return Atlas(image=image, table=table, shape=header.shape, affine=header.affine)
+
+
+@dataclass(frozen=True)
+class Header:
+    shape: tuple[int, ...]
+    affine: np.ndarray
+
+
+def read_header(path: Path, label: str) -> Header:
+    """Shape and affine (sform when set, as BIDS tools write it) without reading voxels."""
+    image = _load(path, label)
+    shape = tuple(int(n) for n in image.shape)
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    return Header(shape=shape, affine=np.asarray(image.affine, dtype=np.float64))
+
+
+def check_against_atlas(header: Header, atlas: Atlas, label: str, subject: str) -> None:
+    """A volume must be 3D, on the atlas grid, in the atlas space."""
+    if len(header.shape) != 3:
+        raise DataError(
+            f"expected a 3D volume, found {len(header.shape)}D shape {header.shape}",
+            file=label,
+            subject=subject,
+            field="shape",
+        )
+    if header.shape != atlas.shape:
+        raise DataError(
+            f"shape {header.shape} does not match the atlas {atlas.shape}; register the image to "
+            "the atlas space first",
+            file=label,
+            subject=subject,
+            field="shape",
+        )
+    if not np.allclose(header.affine, atlas.affine, atol=AFFINE_TOLERANCE_MM):
+        raise DataError(
+            "affine differs from the atlas's: the image is not in the atlas space",
+            file=label,
+            subject=subject,
+            field="affine",
+        )
+
+
+def read_volume(path: Path, label: str, subject: str | None = None) -> np.ndarray:
+    """The voxels as float32 [X, Y, Z]; a truncated file or a NaN/Inf voxel is a DataError."""
+    image = _load(path, label)
+    try:
+        data = np.asarray(image.get_fdata(dtype=np.float32))
+    except (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile) as exc:
+        raise DataError(
+            f"cannot read the voxels ({exc}); the file is truncated or corrupt",
+            file=label,
+            subject=subject,
+        ) from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    total = float(data.sum(dtype=np.float64))
+    if not np.isfinite(total):
+        bad = np.argwhere(~np.isfinite(data))[0]
+        raise DataError(
+            f"voxel {tuple(int(i) for i in bad)} is {data[tuple(bad)]}, not a finite number",
+            file=label,
+            subject=subject,
+            field="voxels",
+        )
+    return data
+
+
+def _load(path: Path, label: str | None = None):
+    import nibabel as nib
+
+    label = label or path.name
+    try:
+        return nib.load(path)
+    except FileNotFoundError:
+        raise DataError("the file is missing", file=label) from None
+    except Exception as exc:  # nibabel raises many types (ImageFileError, EOFError, zlib.error)
+        raise DataError(
+            f"not a readable NIfTI file ({type(exc).__name__}: {exc})", file=label
+        ) from None
+
+
+def _rel(path: Path) -> str:
+    return "/".join(path.parts[-2:])

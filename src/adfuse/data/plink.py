@@ -1,0 +1,138 @@
+"""PLINK 1 binary genotypes (.bed/.bim/.fam) read with bed-reader.
+
+Dosages count allele 1 of the .bim (column 5), PLINK's minor allele; missing calls stay NaN until
+preprocessing imputes them from the training split. The three files must agree with each other:
+the .bed size is checked against the .fam and .bim counts before any genotype is read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from adfuse.errors import DataError
+
+BED_MAGIC = bytes([0x6C, 0x1B, 0x01])  # PLINK 1 binary, SNP-major
+FAM_COLUMNS = ("FID", "IID", "father", "mother", "sex", "phenotype")
+BIM_COLUMNS = ("chrom", "snp", "cm", "pos", "allele_1", "allele_2")
+
+
+@dataclass(frozen=True)
+class Genotypes:
+    """A validated PLINK set; genotypes are read on demand, only for the samples asked for."""
+
+    bed: Path
+    fam: pd.DataFrame
+    bim: pd.DataFrame
+
+    @property
+    def samples(self) -> list[str]:
+        return self.fam["IID"].tolist()
+
+    @property
+    def snps(self) -> list[str]:
+        return self.bim["snp"].tolist()
+
+    def read(self, iids: list[str] | None = None, snps: list[str] | None = None) -> np.ndarray:
+        """Dosages [len(iids), len(snps)] as float32, NaN where the call is missing."""
+        from bed_reader import open_bed
+
+        sample_index = _positions(self.fam["IID"], iids, self.bed.with_suffix(".fam").name, "IID")
+        snp_index = _positions(self.bim["snp"], snps, self.bed.with_suffix(".bim").name, "SNP")
+        try:
+            with open_bed(
+                self.bed,
+                iid_count=len(self.fam),
+                sid_count=len(self.bim),
+                properties={"iid": self.fam["IID"].to_numpy(), "sid": self.bim["snp"].to_numpy()},
+                num_threads=1,
+            ) as bed:
+                return bed.read(index=(sample_index, snp_index), dtype="float32")
+        except Exception as exc:  # bed-reader raises plain ValueError/OSError on corrupt input
+            raise DataError(f"cannot read genotypes ({exc})", file=self.bed.name) from None
+
+
+def read_plink(prefix: Path) -> Genotypes | None:
+    """The PLINK set at ``prefix`` (.bed/.bim/.fam); None when none of the three exists."""
+    paths = {ext: prefix.with_name(prefix.name + ext) for ext in (".bed", ".bim", ".fam")}
+    present = {ext: p.exists() for ext, p in paths.items()}
+    if not any(present.values()):
+        return None
+    if not all(present.values()):
+        missing = [paths[ext].name for ext, ok in present.items() if not ok]
+        raise DataError(
+            f"a PLINK set needs .bed, .bim and .fam together; {missing[0]} is missing",
+            file=paths[".bed"].name,
+        )
+    fam = _read_whitespace(paths[".fam"], FAM_COLUMNS)
+    bim = _read_whitespace(paths[".bim"], BIM_COLUMNS)
+    for column in ("pos",):
+        values = pd.to_numeric(bim[column], errors="coerce")
+        if values.isna().any():
+            row = int(np.flatnonzero(values.isna().to_numpy())[0])
+            raise DataError(
+                f"line {row + 1}: position {bim[column].iloc[row]!r} is not a number",
+                file=paths[".bim"].name,
+                field="pos",
+            )
+        bim[column] = values.astype("int64")
+    _check_unique(fam, ["IID"], paths[".fam"].name, "sample IID")  # IID is the PTID
+    _check_unique(bim, ["snp"], paths[".bim"].name, "SNP")
+    _check_bed(paths[".bed"], len(fam), len(bim), paths)
+    return Genotypes(bed=paths[".bed"], fam=fam, bim=bim)
+
+
+def _read_whitespace(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError:
+        raise DataError("not a text file", file=path.name) from None
+    rows = [line.split() for line in lines if line.strip()]
+    if not rows:
+        raise DataError("the file is empty", file=path.name)
+    for number, row in enumerate(rows, start=1):
+        if len(row) != len(columns):
+            raise DataError(
+                f"line {number}: {len(row)} fields, expected {len(columns)} ({' '.join(columns)})",
+                file=path.name,
+            )
+    return pd.DataFrame(rows, columns=list(columns), dtype="str")
+
+
+def _check_unique(table: pd.DataFrame, key: list[str], file: str, what: str) -> None:
+    duplicated = table.duplicated(key, keep=False)
+    if duplicated.any():
+        value = " ".join(table.loc[duplicated, key].iloc[0])
+        raise DataError(f"{what} {value!r} appears more than once", file=file)
+
+
+def _check_bed(bed: Path, n_samples: int, n_snps: int, paths: dict[str, Path]) -> None:
+    size = bed.stat().st_size
+    with open(bed, "rb") as handle:
+        magic = handle.read(3)
+    if magic != BED_MAGIC:
+        raise DataError(
+            f"not a PLINK 1 SNP-major .bed (first bytes {magic.hex(' ')}, expected 6c 1b 01)",
+            file=bed.name,
+        )
+    expected = 3 + n_snps * ((n_samples + 3) // 4)
+    if size != expected:
+        raise DataError(
+            f"{size} bytes, expected {expected} for {n_samples} samples ({paths['.fam'].name}) "
+            f"x {n_snps} SNPs ({paths['.bim'].name}): the three files disagree or the .bed is "
+            "truncated",
+            file=bed.name,
+        )
+
+
+def _positions(ids: pd.Series, wanted: list[str] | None, file: str, what: str) -> np.ndarray:
+    if wanted is None:
+        return np.arange(len(ids))
+    positions = pd.Index(ids).get_indexer(wanted)
+    if (positions < 0).any():
+        missing = wanted[int(np.flatnonzero(positions < 0)[0])]
+        raise DataError(f"{what} {missing!r} is not in the file", file=file)
+    return positions
