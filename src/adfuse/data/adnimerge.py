@@ -129,47 +129,45 @@ def read_adnimerge(path: Path, config: AdnimergeConfig | None = None) -> pd.Data
     raw = read_delimited(path, ",", label)
     raw = _apply_config(raw, config, label)
     _check_required(raw, label)
-    table = pd.DataFrame(index=raw.index)
-
-    if "PTID" in raw:
-        table["PTID"] = raw["PTID"].str.strip()
-    else:
-        table["PTID"] = raw["RID"].str.strip()
-    blank = table["PTID"].isna() | (table["PTID"] == "")
+    columns: dict[str, pd.Series] = {}
+    ptid = (raw["PTID"] if "PTID" in raw else raw["RID"]).str.strip()
+    blank = ptid.isna() | (ptid == "")
     if blank.any():
         row = int(np.flatnonzero(blank.to_numpy())[0]) + 2
         raise DataError(f"line {row}: blank subject id", file=label, field="PTID")
-    subjects = table["PTID"]
+    columns["PTID"] = subjects = ptid
 
-    table["RID"] = (
+    columns["RID"] = (
         _numbers(raw, "RID", subjects, label).astype("Int64")
         if "RID" in raw
-        else pd.array([pd.NA] * len(raw), dtype="Int64")
+        else pd.Series(pd.NA, index=raw.index, dtype="Int64")
     )
-    table["VISCODE"] = raw["VISCODE"].str.strip().str.lower()
-    blank = table["VISCODE"].isna() | (table["VISCODE"] == "")
+    viscode = raw["VISCODE"].str.strip().str.lower()
+    blank = viscode.isna() | (viscode == "")
     if blank.any():
         who = subjects[blank].iloc[0]
         raise DataError("blank VISCODE", file=label, subject=who, field="VISCODE")
-    month = table["VISCODE"].map(layout.viscode_month)
+    columns["VISCODE"] = viscode
+    month = viscode.map(layout.viscode_month)
     if "Month" in raw:
         given = _numbers(raw, "Month", subjects, label)
         month = month.where(month.notna(), given)
-    table["MONTH"] = pd.array(month, dtype="Int64")
-    table["EXAMDATE"] = _dates(raw, subjects, label)
+    columns["MONTH"] = month.astype("Int64")
+    columns["EXAMDATE"] = _dates(raw, subjects, label)
 
     for column in raw.columns:
         if column in ("PTID", "RID", "VISCODE", "EXAMDATE", "DX", "DX_bl"):
             continue
         if column in NUMERIC_KNOWN:
-            table[column] = _numbers(raw, column, subjects, label)
+            columns[column] = _numbers(raw, column, subjects, label)
         elif column in CATEGORICAL_KNOWN:
-            table[column] = _categories(raw, column, CATEGORICAL_KNOWN[column], subjects, label)
+            columns[column] = _categories(raw, column, CATEGORICAL_KNOWN[column], subjects, label)
         else:
-            table[column] = _maybe_numbers(raw[column])
+            columns[column] = _maybe_numbers(raw[column])
 
-    table["DX_bl"] = _codes(raw, "DX_bl", DX_BL_CODES, {}, subjects, label)
-    table["DX"] = _codes(raw, "DX", DX_CODES, LEGACY_DX, subjects, label)
+    columns["DX_bl"] = _codes(raw, "DX_bl", DX_BL_CODES, {}, subjects, label)
+    columns["DX"] = _codes(raw, "DX", DX_CODES, LEGACY_DX, subjects, label)
+    table = pd.DataFrame(columns)
     if "DX" not in raw:
         baseline = table["MONTH"] == 0
         table.loc[baseline, "DX"] = table.loc[baseline, "DX_bl"].map(DX_FROM_DX_BL)
