@@ -59,7 +59,9 @@ VISCODE = "bl"
     for name in ("dseg.nii.gz", "dseg.tsv"):
         shutil.copy(shared_data / "atlas" / name, root / "atlas" / name)
     atlas = nib.load(shared_data / "atlas" / "dseg.nii.gz")
-    template = nib.load(shared_data / "template" / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz")
+    template = nib.load(
+        shared_data / "template" / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+    )
     offset = np.round(np.linalg.solve(template.affine, atlas.affine @ [0, 0, 0, 1])[:3]).astype(int)
     x, y, z = offset
     dx, dy, dz = atlas.shape

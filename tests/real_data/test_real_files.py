@@ -21,7 +21,11 @@ def test_plink_sample_matches_its_readme(shared_data):
     dosages = genotypes.read()
     assert dosages.shape == (120, 20)
     values, counts = np.unique(dosages[~np.isnan(dosages)], return_counts=True)
-    assert dict(zip(values.tolist(), counts.tolist(), strict=True)) == {0.0: 1539, 1.0: 640, 2.0: 80}
+    assert dict(zip(values.tolist(), counts.tolist(), strict=True)) == {
+        0.0: 1539,
+        1.0: 640,
+        2.0: 80,
+    }
     assert int(np.isnan(dosages).sum()) == 141
     # numeric allele codes and chromosome 0 are accepted as they are
     assert set(genotypes.bim["allele_1"]) <= {"1", "2", "3", "4"}
@@ -79,8 +83,12 @@ def test_cohort_of_real_files(real_dataset):
 def test_template_off_the_atlas_grid_is_refused(real_dataset, shared_data):
     anat = real_dataset / "rawdata" / "sub-3" / "ses-M000" / "anat"
     anat.mkdir(parents=True)
-    shutil.copy(shared_data / "template" / "mni152_t1_2mm.nii.gz", anat / "sub-3_ses-M000_T1w.nii.gz")
-    with pytest.raises(DataError, match=r"sub-3_ses-M000_T1w.nii.gz: subject 3: shape: shape \(99, 117, 95\)"):
+    shutil.copy(
+        shared_data / "template" / "mni152_t1_2mm.nii.gz", anat / "sub-3_ses-M000_T1w.nii.gz"
+    )
+    with pytest.raises(
+        DataError, match=r"sub-3_ses-M000_T1w.nii.gz: subject 3: shape: shape \(99, 117, 95\)"
+    ):
         adfuse.load_cohort(real_dataset)
 
 
@@ -101,7 +109,7 @@ def test_real_genotypes_join_the_cohort_by_iid(shared_data, tmp_path):
     fam = (shared_data / "plink" / "sample.fam").read_text().split("\n")
     rows = [line.split() for line in fam if line.strip()]
     lines = ["PTID,VISCODE,DX_bl,PTGENDER"]
-    for fid, iid, _, _, sex, pheno in rows[:100]:
+    for _fid, iid, _, _, sex, pheno in rows[:100]:
         dx = "AD" if pheno == "2" else "CN"
         lines.append(f"{iid},bl,{dx},{'Male' if sex == '1' else 'Female'}")
     (tmp_path / "ADNIMERGE.csv").write_text("\n".join(lines) + "\n")

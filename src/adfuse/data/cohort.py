@@ -111,7 +111,7 @@ class Cohort:
             out["notes"] = index.isin(pd.MultiIndex.from_frame(self.notes[["PTID", "VISCODE"]]))
         if self.freesurfer is not None:
             out["freesurfer"] = index.isin(self.freesurfer.index)
-        return out[[m for m in layout.MODALITIES if m in out]]
+        return out[[m for m in layout.MODALITIES if m in out and out[m].any()]]
 
     @cached_property
     def availability(self) -> pd.DataFrame:
@@ -123,9 +123,8 @@ class Cohort:
 
     @property
     def modalities(self) -> tuple[str, ...]:
-        """Modalities present for at least one subject."""
-        counts = self.visit_availability.sum()
-        return tuple(m for m in counts.index if counts[m] > 0)
+        """Modalities present for at least one subject-visit."""
+        return tuple(self.visit_availability.columns)
 
     @cached_property
     def spec(self) -> dict[str, ModalitySpec]:
