@@ -92,30 +92,19 @@ def demo(
 
 
 def main() -> None:
-    """Entry point: run the app, map typed errors to exit codes and one line on stderr."""
+    """Entry point: run the app, map typed errors to exit codes and one line on stderr.
+
+    Usage errors (unknown option, bad value) are typer's own: exit 2 with its message.
+    """
     from adfuse.errors import AdfuseError
 
     try:
-        code = app(standalone_mode=False)
+        app()
     except AdfuseError as error:
         if _state["debug"]:
             raise
         _console(stderr=True).print(f"[bold red]error:[/bold red] {error}", soft_wrap=True)
         sys.exit(error.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
-        _console(stderr=True).print("aborted")
-        sys.exit(130)
-    except Exception as error:
-        import click
-
-        if isinstance(error, click.exceptions.ClickException):
-            error.show()
-            sys.exit(error.exit_code)
-        if isinstance(error, click.exceptions.Exit):
-            sys.exit(error.exit_code)
-        raise
-    if isinstance(code, int) and code:
-        sys.exit(code)
 
 
 if __name__ == "__main__":
