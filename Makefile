@@ -25,7 +25,7 @@ $(BIN)/python:
 # torch first: the pinned CPU wheel; an unpinned resolve would pull a multi-GB CUDA build.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[text,dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)

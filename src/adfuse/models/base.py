@@ -1,0 +1,120 @@
+"""What every adfuse model is: a torch module over a ``Batch`` with a loss, stages and a config.
+
+A model declares, as plain data:
+- ``modalities``: the modalities it uses (a subset of what its family accepts and the cohort has);
+- ``views()``: how each modality must be prepared (``adfuse.prepare`` views: volume, slice, roi...);
+- ``stages()``: what trains when (frozen encoders, uni-modal pre-adaptation, LoRA), run by the engine;
+- ``loss(batch, out)``: the full training loss (task loss plus its own auxiliary losses).
+
+Rules every model keeps (tested over the registry in tests/models/test_all_models.py): the output
+never depends on the content of an absent modality; any subset of its modalities may be absent for
+any sample, down to one (or none, when it has a learned fallback), without error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from adfuse.config import StrictModel
+
+if TYPE_CHECKING:
+    from adfuse.data.cohort import ModalitySpec
+    from adfuse.prepare import Batch, PrepareConfig
+    from adfuse.tasks import Task
+
+
+class ModelConfig(StrictModel):
+    """Base of every model's pydantic config (``paper`` and ``cpu`` presets are two instances)."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One phase of training: which parameters train (name prefixes; empty = all), how long, lr."""
+
+    name: str
+    trainable: tuple[str, ...] = ()
+    epochs: int | None = None  # None: the run's --epochs
+    lr: float | None = None  # None: the run's learning rate
+    weight_decay: float | None = None
+
+    def applies_to(self, parameter_name: str) -> bool:
+        return not self.trainable or parameter_name.startswith(self.trainable)
+
+
+@dataclass
+class ModelInfo:
+    """Registry entry: the factory and what it tells about itself."""
+
+    name: str
+    factory: Any
+    kind: str  # "torch" | "sklearn"
+    paper: str = ""
+    accepts: tuple[str, ...] = ()  # modalities the family can use ("*" = any)
+    description: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+class AdfuseModel(nn.Module):
+    """Base class: subclasses implement ``forward(batch)``; the rest has sensible defaults."""
+
+    name: str = ""
+
+    def __init__(
+        self,
+        spec: dict[str, ModalitySpec],
+        task: Task,
+        modalities: list[str],
+        config,
+        prepare: PrepareConfig | None = None,
+    ):
+        from adfuse.prepare import PrepareConfig
+
+        super().__init__()
+        self.spec = spec
+        self.prepare = prepare or PrepareConfig()
+        self.task_kind = task.kind
+        self.n_classes = len(task.classes) if task.kind == "classification" else 0
+        self.modalities = list(modalities)
+        self.config = config
+
+    @property
+    def out_dim(self) -> int:
+        return self.n_classes if self.task_kind == "classification" else 1
+
+    def views(self) -> dict[str, str]:
+        """modality -> prepare view; modalities not listed use prepare's default view."""
+        return {}
+
+    def input_shape(self, modality: str) -> tuple[int, ...]:
+        """The per-sample shape of ``batch.inputs[modality]`` this model will receive."""
+        from adfuse.prepare import input_shape
+
+        return input_shape(self.spec[modality], self.views().get(modality), self.prepare)
+
+    def prepare_config(self) -> PrepareConfig:
+        """The PrepareConfig the engine must build this model's datasets with."""
+        return self.prepare.model_copy(update={"views": {**self.prepare.views, **self.views()}})
+
+    def stages(self) -> list[Stage]:
+        return [Stage("train")]
+
+    def task_loss(self, batch: Batch, out: torch.Tensor) -> torch.Tensor:
+        if self.task_kind == "classification":
+            weight = getattr(self, "class_weight", None)
+            return nn.functional.cross_entropy(out, batch.target, weight=weight)
+        return nn.functional.mse_loss(out, batch.target.float())
+
+    def loss(self, batch: Batch, out: torch.Tensor) -> torch.Tensor:
+        return self.task_loss(batch, out)
+
+    def auxiliary_losses(self) -> dict[str, float]:
+        """The auxiliary terms of the last ``loss`` call, for logging (name -> value)."""
+        return {}
+
+    def format_output(self, out: torch.Tensor) -> torch.Tensor:
+        """[B, 1] regression outputs become [B]."""
+        return out.squeeze(-1) if self.task_kind == "regression" else out

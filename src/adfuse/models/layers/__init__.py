@@ -1,0 +1,1 @@
+"""Building blocks shared by several papers (cross-attention, FNet, MoE, Q-former...)."""

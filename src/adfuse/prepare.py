@@ -1,0 +1,627 @@
+"""Per-modality preprocessing, an on-disk cache, and the torch Dataset of ``Batch`` items.
+
+Two kinds of transform, kept apart so that nothing leaks across splits:
+
+- **per-subject** transforms (a volume's intensity z-score inside the brain, resampling to the model
+  grid, a mid-sagittal slice, ROI crops, an fMRI series z-scored per region, note tokenisation)
+  depend on one subject only. Their outputs are cached on disk as memory-mapped arrays keyed by a
+  hash of (dataset fingerprint, modality, view, transform config), shared by every task and split.
+- **fitted** statistics (clinical/FreeSurfer scalers and imputation values, SNP imputation) are
+  fitted on the training split only, by ``Preprocessor.fit``, which records the subject ids it saw
+  (``fitted_on``) so ``splits.check_disjoint`` can prove they are a subset of train.
+
+``collate`` builds a ``Batch``: ``inputs[modality]`` (a zero placeholder where absent),
+``present[modality]`` (BoolTensor[B]), ``target``, ``ids``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from adfuse.config import StrictModel
+from adfuse.data import layout
+from adfuse.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from adfuse.data.cohort import Cohort, ModalitySpec
+    from adfuse.splits import Split
+    from adfuse.tasks import Task
+
+CACHE_VERSION = 1
+View = Literal["volume", "slice", "roi", "regions", "series", "connectivity", "vector", "tokens"]
+DEFAULT_VIEWS: dict[str, str] = {
+    "tabular": "vector",
+    "genotype": "vector",
+    "volume": "volume",
+    "timeseries": "series",
+    "text": "tokens",
+}
+VIEWS_OF_KIND: dict[str, tuple[str, ...]] = {
+    "tabular": ("vector",),
+    "genotype": ("vector",),
+    "volume": ("volume", "slice", "roi", "regions"),
+    "timeseries": ("series", "connectivity"),
+    "text": ("tokens",),
+}
+
+
+class PrepareConfig(StrictModel):
+    """How each modality is turned into a tensor (part of every cache key and run.json)."""
+
+    volume_shape: tuple[int, int, int] = (32, 32, 32)
+    slice_shape: tuple[int, int] = (64, 64)
+    slice_axis: Literal["sagittal", "coronal", "axial"] = "sagittal"
+    roi_size: int = Field(12, ge=2, le=128)
+    fmri_length: int = Field(140, ge=2)
+    text_max_tokens: int = Field(96, ge=8, le=4096)
+    text_model: str | None = None  # local Hugging Face path; None = the bundled MiniLM
+    views: dict[str, View] = Field(default_factory=dict)
+
+    def view(self, modality: str, kind: str) -> str:
+        view = self.views.get(modality, DEFAULT_VIEWS[kind])
+        if view not in VIEWS_OF_KIND[kind]:
+            raise ConfigError(
+                f"view '{view}' does not apply to {modality} ({kind}); "
+                f"choose from {', '.join(VIEWS_OF_KIND[kind])}"
+            )
+        return view
+
+
+def input_shape(spec: ModalitySpec, view: str | None, config: PrepareConfig) -> tuple[int, ...]:
+    """The per-sample tensor shape a modality has after preparation in a view."""
+    view = config.view(spec.name, spec.kind) if view is None else view
+    if spec.kind in ("tabular", "genotype"):
+        # clinical: numeric columns + one-hot categories (the categories are in the spec)
+        extra = sum(len(v) - 1 for v in spec.categories.values())
+        return (spec.shape[0] + extra,)
+    if spec.kind == "volume":
+        n_regions = len(spec.feature_names)
+        return {
+            "volume": tuple(config.volume_shape),
+            "slice": tuple(config.slice_shape),
+            "roi": (n_regions, *(config.roi_size,) * 3),
+            "regions": (n_regions,),
+        }[view]
+    if spec.kind == "timeseries":
+        n_regions = spec.shape[1]
+        return (n_regions, n_regions) if view == "connectivity" else (config.fmri_length, n_regions)
+    if spec.kind == "text":
+        return (config.text_max_tokens,)
+    raise ConfigError(f"no input shape for {spec.name} ({spec.kind})")
+
+
+# ----------------------------------------------------------------------------- Batch
+@dataclass
+class Batch:
+    """Inputs of present modalities (zeros where absent), masks, targets and subject ids."""
+
+    inputs: dict[str, torch.Tensor]
+    present: dict[str, torch.Tensor]
+    target: torch.Tensor
+    ids: list[str]
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(
+            inputs={m: x.to(device) for m, x in self.inputs.items()},
+            present={m: p.to(device) for m, p in self.present.items()},
+            target=self.target.to(device),
+            ids=list(self.ids),
+            extras={k: v.to(device) for k, v in self.extras.items()},
+        )
+
+    def without(self, modalities: set[str] | list[str]) -> Batch:
+        """The same batch with these modalities withheld (absent, zeroed) for every sample."""
+        inputs, present = dict(self.inputs), dict(self.present)
+        for modality in modalities:
+            if modality in inputs:
+                inputs[modality] = torch.zeros_like(inputs[modality])
+                present[modality] = torch.zeros_like(present[modality])
+        return Batch(inputs, present, self.target, list(self.ids), dict(self.extras))
+
+    def select(self, index: torch.Tensor | list[int]) -> Batch:
+        index = torch.as_tensor(index, dtype=torch.long)
+        return Batch(
+            inputs={m: x[index] for m, x in self.inputs.items()},
+            present={m: p[index] for m, p in self.present.items()},
+            target=self.target[index],
+            ids=[self.ids[i] for i in index.tolist()],
+            extras={k: v[index] for k, v in self.extras.items()},
+        )
+
+
+def collate(items: list[dict]) -> Batch:
+    """Stack dataset items into a Batch (items already hold zero placeholders where absent)."""
+    modalities = list(items[0]["inputs"])
+    return Batch(
+        inputs={m: torch.stack([item["inputs"][m] for item in items]) for m in modalities},
+        present={
+            m: torch.tensor([item["present"][m] for item in items], dtype=torch.bool)
+            for m in modalities
+        },
+        target=torch.stack([item["target"] for item in items]),
+        ids=[item["id"] for item in items],
+    )
+
+
+# ----------------------------------------------------------------------------- fitted statistics
+@dataclass
+class TabularScaler:
+    """Standardise numeric columns and impute missing values with the training mean (-> 0);
+    one-hot categorical columns (an unseen or missing category is all zeros)."""
+
+    numeric: list[str]
+    categories: dict[str, list[str]]
+    mean: np.ndarray | None = None
+    scale: np.ndarray | None = None
+    fitted_on: list[str] = field(default_factory=list)
+
+    @property
+    def width(self) -> int:
+        return len(self.numeric) + sum(len(c) for c in self.categories.values())
+
+    @property
+    def output_names(self) -> list[str]:
+        names = list(self.numeric)
+        for column, values in self.categories.items():
+            names += [f"{column}={value}" for value in values]
+        return names
+
+    def fit(self, numeric_values: np.ndarray, ids: list[str]) -> TabularScaler:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: mean 0, scale 1
+            mean = np.nanmean(numeric_values, axis=0) if len(numeric_values) else None
+            scale = np.nanstd(numeric_values, axis=0) if len(numeric_values) else None
+        width = numeric_values.shape[1]
+        mean = np.zeros(width) if mean is None else np.nan_to_num(mean, nan=0.0)
+        scale = np.ones(width) if scale is None else np.nan_to_num(scale, nan=1.0)
+        self.mean, self.scale = mean, np.where(scale > 1e-8, scale, 1.0)
+        self.fitted_on = sorted(ids)
+        return self
+
+    def transform(self, numeric_values: np.ndarray, categorical_values: list[list]) -> np.ndarray:
+        z = (numeric_values - self.mean) / self.scale
+        z = np.where(np.isnan(z), 0.0, z)
+        parts = [z]
+        for position, (_column, values) in enumerate(self.categories.items()):
+            onehot = np.zeros((len(z), len(values)))
+            for row, value in enumerate(categorical_values):
+                if value[position] in values:
+                    onehot[row, values.index(value[position])] = 1.0
+            parts.append(onehot)
+        return np.concatenate(parts, axis=1).astype(np.float32)
+
+    def state(self) -> dict:
+        return {
+            "numeric": self.numeric,
+            "categories": self.categories,
+            "mean": self.mean.tolist(),
+            "scale": self.scale.tolist(),
+            "fitted_on": self.fitted_on,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict) -> TabularScaler:
+        return cls(
+            numeric=state["numeric"],
+            categories=state["categories"],
+            mean=np.asarray(state["mean"], dtype=np.float64),
+            scale=np.asarray(state["scale"], dtype=np.float64),
+            fitted_on=state["fitted_on"],
+        )
+
+
+@dataclass
+class Preprocessor:
+    """The fitted statistics of one run, per tabular/genotype modality."""
+
+    scalers: dict[str, TabularScaler] = field(default_factory=dict)
+
+    @classmethod
+    def fit(cls, cohort: Cohort, modalities: list[str], ids: list[str]) -> Preprocessor:
+        scalers = {}
+        for modality in modalities:
+            kind = layout.KINDS[modality]
+            if kind not in ("tabular", "genotype"):
+                continue
+            have = [i for i in ids if cohort.availability.at[i, modality]]
+            numeric_names, categories = _tabular_columns(cohort, modality)
+            scaler = TabularScaler(numeric_names, categories)
+            scalers[modality] = scaler.fit(_numeric_matrix(cohort, modality, have), have)
+        return cls(scalers)
+
+    def fitted_on(self) -> dict[str, list[str]]:
+        """Statistic name -> the subject ids it was fitted on (for splits.check_disjoint)."""
+        return {f"{m} scaler": s.fitted_on for m, s in self.scalers.items()}
+
+    def state(self) -> dict:
+        return {m: s.state() for m, s in self.scalers.items()}
+
+    @classmethod
+    def from_state(cls, state: dict) -> Preprocessor:
+        return cls({m: TabularScaler.from_state(s) for m, s in state.items()})
+
+
+def _tabular_columns(cohort: Cohort, modality: str) -> tuple[list[str], dict[str, list[str]]]:
+    spec = cohort.spec[modality]
+    categories = {c: list(v) for c, v in spec.categories.items()}
+    numeric = [n for n in spec.feature_names if n not in categories]
+    return numeric, categories
+
+
+def _numeric_matrix(cohort: Cohort, modality: str, ids: list[str]) -> np.ndarray:
+    if not ids:
+        return np.zeros((0, len(_tabular_columns(cohort, modality)[0])))
+    if modality == "clinical":
+        return cohort.clinical_values(ids)[cohort.clinical_numeric].to_numpy(dtype=np.float64)
+    if modality == "genotype":
+        return cohort.read_genotypes(ids).astype(np.float64)
+    if modality == "freesurfer":
+        keys = [(i, cohort.baseline.at[i, "VISCODE"]) for i in ids]
+        return cohort.freesurfer.loc[keys].to_numpy(dtype=np.float64)
+    raise ConfigError(f"{modality} is not a tabular modality")
+
+
+def _categorical_rows(cohort: Cohort, modality: str, ids: list[str]) -> list[list]:
+    if modality != "clinical" or not cohort.clinical_categorical:
+        return [[] for _ in ids]
+    values = cohort.clinical_values(ids)[cohort.clinical_categorical]
+    return values.astype(object).where(values.notna(), None).values.tolist()
+
+
+# ----------------------------------------------------------------------------- per-subject transforms
+def _volume_views(volume: np.ndarray, view: str, config: PrepareConfig, atlas_labels) -> np.ndarray:
+    """One volume (atlas grid) -> the array of a view, intensity z-scored inside the brain."""
+    from monai.transforms import NormalizeIntensity, Resize
+
+    image = torch.from_numpy(volume)[None]  # channel first
+    image = NormalizeIntensity(nonzero=True)(image)
+    if view == "volume":
+        return Resize(config.volume_shape, mode="trilinear")(image).numpy()[0]
+    if view == "slice":
+        axis = {"sagittal": 1, "coronal": 2, "axial": 3}[config.slice_axis]
+        middle = image.shape[axis] // 2
+        plane = image.select(axis, middle)  # [1, a, b]
+        return Resize(config.slice_shape, mode="bilinear")(plane).numpy()[0]
+    if view == "regions":  # mean z-scored intensity per atlas region, for classical models
+        labels, indices = atlas_labels
+        sums = np.bincount(
+            labels.ravel(), weights=image.numpy()[0].ravel(), minlength=max(indices) + 1
+        )
+        counts = np.bincount(labels.ravel(), minlength=max(indices) + 1)
+        return (sums[indices] / np.maximum(counts[indices], 1)).astype(np.float32)
+    if view == "roi":
+        crops = []
+        resize = Resize((config.roi_size,) * 3, mode="trilinear")
+        for box in atlas_labels:
+            (x0, x1), (y0, y1), (z0, z1) = box
+            crops.append(resize(image[:, x0:x1, y0:y1, z0:z1]).numpy()[0])
+        return np.stack(crops)
+    raise ConfigError(f"unknown volume view {view!r}")
+
+
+def _series_view(series: np.ndarray, view: str, length: int) -> np.ndarray:
+    mean = series.mean(axis=0, keepdims=True)
+    std = series.std(axis=0, keepdims=True)
+    z = (series - mean) / np.where(std > 1e-8, std, 1.0)
+    if view == "connectivity":
+        with np.errstate(invalid="ignore", divide="ignore"):
+            corr = np.corrcoef(z.T)
+        corr = np.nan_to_num(corr, nan=0.0)
+        np.fill_diagonal(corr, 0.0)
+        return np.arctanh(np.clip(corr, -0.999, 0.999)).astype(np.float32)
+    out = np.zeros((length, series.shape[1]), dtype=np.float32)
+    n = min(length, len(z))
+    out[:n] = z[:n]
+    return out
+
+
+def region_boxes(labels: np.ndarray, indices: list[int]) -> list[tuple[tuple[int, int], ...]]:
+    """Bounding box (start, stop) per axis of each atlas region."""
+    boxes = []
+    for index in indices:
+        where = np.argwhere(labels == index)
+        if len(where) == 0:
+            raise DataError(f"region {index} has no voxel in the atlas", file=layout.ATLAS_IMAGE)
+        low, high = where.min(axis=0), where.max(axis=0) + 1
+        boxes.append(tuple((int(a), int(b)) for a, b in zip(low, high, strict=True)))
+    return boxes
+
+
+# ----------------------------------------------------------------------------- the cache
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("ADFUSE_CACHE_DIR", Path.home() / ".cache" / "adfuse"))
+
+
+class ModalityCache:
+    """One memory-mapped array [subjects with the modality, ...] plus its id index.
+
+    Built in a temporary folder and renamed when complete; the ``index.json`` carries the shape,
+    dtype and a checksum of the ids, and a cache that fails to open or disagrees is rebuilt.
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.ids: list[str] = []
+        self.array: np.ndarray | None = None
+        self.position: dict[str, int] = {}
+
+    def open(self) -> bool:
+        try:
+            meta = json.loads((self.folder / "index.json").read_text())
+            array = np.load(self.folder / "data.npy", mmap_mode="r")
+            if list(array.shape) != meta["shape"] or str(array.dtype) != meta["dtype"]:
+                return False
+            if meta["ids_sha256"] != _hash_ids(meta["ids"]):
+                return False
+        except (OSError, ValueError, KeyError, json.JSONDecodeError):
+            return False
+        self.ids, self.array = meta["ids"], array
+        self.position = {i: n for n, i in enumerate(self.ids)}
+        return True
+
+    def build(self, ids: list[str], make, shape: tuple[int, ...], dtype, progress: str) -> None:
+        from tqdm.auto import tqdm
+
+        self.folder.parent.mkdir(parents=True, exist_ok=True)
+        building = self.folder.with_name(self.folder.name + f".tmp-{os.getpid()}")
+        shutil.rmtree(building, ignore_errors=True)
+        building.mkdir()
+        data = np.lib.format.open_memmap(
+            building / "data.npy", mode="w+", dtype=dtype, shape=(len(ids), *shape)
+        )
+        for n, subject in enumerate(tqdm(ids, desc=progress, leave=False, disable=len(ids) < 50)):
+            data[n] = make(subject)
+        data.flush()
+        del data
+        meta = {
+            "ids": ids,
+            "ids_sha256": _hash_ids(ids),
+            "shape": [len(ids), *shape],
+            "dtype": np.dtype(dtype).name,
+        }
+        (building / "index.json").write_text(json.dumps(meta))
+        if self.folder.exists():
+            shutil.rmtree(self.folder)
+        os.replace(building, self.folder)
+        if not self.open():
+            raise DataError("the cache could not be read back after writing", file=str(self.folder))
+
+    def get(self, subject: str) -> np.ndarray:
+        return np.asarray(self.array[self.position[subject]], dtype=np.float32)
+
+
+def _hash_ids(ids: list[str]) -> str:
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()
+
+
+def cache_key(fingerprint: dict, modality: str, view: str, config: PrepareConfig) -> str:
+    relevant = {
+        "version": CACHE_VERSION,
+        "fingerprint": fingerprint,
+        "modality": modality,
+        "view": view,
+        "config": config.model_dump(mode="json", exclude={"views"}),
+    }
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:20]
+
+
+# ----------------------------------------------------------------------------- the Dataset
+class CohortDataset(torch.utils.data.Dataset):
+    """Items ``{"id", "inputs", "present", "target"}`` for the subjects of one task (and split)."""
+
+    def __init__(
+        self,
+        cohort: Cohort,
+        task: Task,
+        ids: list[str],
+        modalities: list[str],
+        preprocessor: Preprocessor,
+        config: PrepareConfig,
+        cache_dir: Path,
+    ):
+        self.cohort, self.task, self.ids = cohort, task, list(ids)
+        self.modalities, self.preprocessor, self.config = modalities, preprocessor, config
+        targets = task.targets(cohort)
+        missing = [i for i in self.ids if i not in targets.index]
+        if missing:
+            raise DataError(f"not kept by task {task.name}", subject=missing[0])
+        dtype = torch.long if task.kind == "classification" else torch.float32
+        self.targets = torch.tensor(targets.loc[self.ids, "target"].to_numpy(), dtype=dtype)
+        self.available = cohort.availability.loc[self.ids, modalities].to_numpy(dtype=bool)
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self._tabular: dict[str, np.ndarray] = {}
+        self._caches: dict[str, ModalityCache] = {}
+        fingerprint = cohort.fingerprint()
+        for modality in modalities:
+            kind = layout.KINDS[modality]
+            if kind in ("tabular", "genotype"):
+                self._prepare_tabular(modality)
+            else:
+                self._prepare_cached(modality, kind, fingerprint, cache_dir)
+
+    def _prepare_tabular(self, modality: str) -> None:
+        scaler = self.preprocessor.scalers[modality]
+        column = self.modalities.index(modality)
+        have = [i for i, ok in zip(self.ids, self.available[:, column], strict=True) if ok]
+        values = np.zeros((len(self.ids), scaler.width), dtype=np.float32)
+        if have:
+            numeric = _numeric_matrix(self.cohort, modality, have)
+            rows = scaler.transform(numeric, _categorical_rows(self.cohort, modality, have))
+            values[self.available[:, column]] = rows
+        self._tabular[modality] = values
+        self.shapes[modality] = (scaler.width,)
+
+    def _prepare_cached(self, modality: str, kind: str, fingerprint: dict, cache_dir: Path) -> None:
+        view = self.config.view(modality, kind)
+        key = cache_key(fingerprint, modality, view, self.config)
+        cache = ModalityCache(Path(cache_dir) / f"{modality}-{view}-{key}")
+        subjects = sorted(self.cohort.availability.index[self.cohort.availability[modality]])
+        if not cache.open() or not set(subjects) <= set(cache.ids):
+            make, shape, dtype = self._maker(modality, kind, view)
+            cache.build(subjects, make, shape, dtype, f"preparing {modality} ({view})")
+        self._caches[modality] = cache
+        self.shapes[modality] = tuple(cache.array.shape[1:])
+
+    def _maker(self, modality: str, kind: str, view: str):
+        cohort, config = self.cohort, self.config
+
+        def visit(subject: str) -> str:
+            return cohort.baseline.at[subject, "VISCODE"]
+
+        if kind == "volume":
+            boxes = None
+            if view in ("roi", "regions") and cohort.atlas is None:
+                raise ConfigError(f"the {view} view needs an atlas (atlas/dseg.nii.gz)")
+            if view == "regions":
+                boxes = (cohort.atlas.labels(), cohort.atlas.indices)
+                shape = (len(cohort.atlas.indices),)
+            elif view == "roi":
+                boxes = region_boxes(cohort.atlas.labels(), cohort.atlas.indices)
+                shape = (len(boxes), *(config.roi_size,) * 3)
+            elif view == "slice":
+                shape = tuple(config.slice_shape)
+            else:
+                shape = tuple(config.volume_shape)
+
+            def make(subject):
+                volume = cohort.read_volume(modality, subject, visit(subject))
+                return _volume_views(volume, view, config, boxes)
+
+            return make, shape, np.float32 if view == "regions" else np.float16
+        if kind == "timeseries":
+            n_regions = len(cohort.fmri_regions)
+            shape = (
+                (n_regions, n_regions)
+                if view == "connectivity"
+                else (config.fmri_length, n_regions)
+            )
+
+            def make(subject):
+                return _series_view(
+                    cohort.read_timeseries(subject, visit(subject)), view, config.fmri_length
+                )
+
+            return make, shape, np.float32
+        if kind == "text":
+            from adfuse.models.text import load_tokenizer
+
+            tokenizer = load_tokenizer(config.text_model)
+
+            def make(subject):
+                encoded = tokenizer(
+                    cohort.note(subject, visit(subject)) or "",
+                    max_length=config.text_max_tokens,
+                    truncation=True,
+                    padding="max_length",
+                )
+                return np.asarray(encoded["input_ids"], dtype=np.int32)
+
+            return make, (config.text_max_tokens,), np.int32
+        raise ConfigError(f"no preparation for {modality} ({kind})")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> dict:
+        subject = self.ids[index]
+        inputs, present = {}, {}
+        for column, modality in enumerate(self.modalities):
+            here = bool(self.available[index, column])
+            if modality in self._tabular:
+                array = self._tabular[modality][index]
+            elif here:
+                array = self._caches[modality].get(subject)
+            else:
+                array = np.zeros(self.shapes[modality], dtype=np.float32)
+            tensor = torch.from_numpy(np.array(array))
+            if layout.KINDS[modality] == "text":
+                tensor = tensor.long()
+            inputs[modality], present[modality] = tensor, here
+        return {"id": subject, "inputs": inputs, "present": present, "target": self.targets[index]}
+
+    def batch(self, indices: list[int] | None = None) -> Batch:
+        indices = range(len(self)) if indices is None else indices
+        return collate([self[i] for i in indices])
+
+
+def usable_modalities(cohort: Cohort, requested: list[str] | None) -> list[str]:
+    """The requested modalities (all the cohort has when None), checked against the cohort."""
+    have = list(cohort.modalities)
+    if requested is None:
+        chosen = have
+        if "notes" in chosen and not _text_available():
+            chosen = [m for m in chosen if m != "notes"]
+        return chosen
+    unknown = [m for m in requested if m not in layout.MODALITIES]
+    if unknown:
+        from adfuse.errors import did_you_mean
+
+        raise did_you_mean("modality", unknown[0], layout.MODALITIES)
+    absent = [m for m in requested if m not in have]
+    if absent:
+        raise ConfigError(
+            f"modality '{absent[0]}' is not in this dataset (it has: {', '.join(have)})"
+        )
+    if "notes" in requested and not _text_available():
+        raise ConfigError("the notes modality needs the text extra: pip install 'adfuse[text]'")
+    return list(dict.fromkeys(requested))
+
+
+def _text_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("transformers") is not None
+
+
+def dataset(
+    cohort: Cohort,
+    task: Task | str,
+    modalities: list[str] | None = None,
+    split: Split | None = None,
+    part: Literal["train", "val", "test"] | None = None,
+    *,
+    ids: list[str] | None = None,
+    preprocessor: Preprocessor | None = None,
+    config: PrepareConfig | None = None,
+    cache_dir: Path | str | None = None,
+) -> CohortDataset:
+    """A torch Dataset of the task's subjects (or ``split.<part>``, or ``ids``).
+
+    Fitted statistics come from ``preprocessor``, else are fitted on ``split.train`` (or, with no
+    split, on the dataset's own subjects: fine for exploring, never for an evaluation).
+    """
+    from adfuse import tasks
+
+    task = tasks.get(task)
+    config = config or PrepareConfig()
+    chosen = usable_modalities(cohort, modalities)
+    targets = task.targets(cohort)
+    if ids is None:
+        ids = getattr(split, part) if (split is not None and part) else list(targets.index)
+    if preprocessor is None:
+        fit_ids = split.train if split is not None else list(ids)
+        preprocessor = Preprocessor.fit(cohort, chosen, fit_ids)
+    return CohortDataset(
+        cohort,
+        task,
+        list(ids),
+        chosen,
+        preprocessor,
+        config,
+        Path(cache_dir) if cache_dir else default_cache_dir(),
+    )
