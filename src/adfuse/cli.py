@@ -74,21 +74,163 @@ def info(
 
 
 @app.command()
+def train(
+    dataset: Annotated[Path, typer.Argument(help="A dataset folder.")],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="A registered model (see `adfuse models`).")
+    ],
+    task: Annotated[
+        str,
+        typer.Option(
+            "--task",
+            "-t",
+            help="diagnosis, cn_vs_ad, cn_vs_mci, smci_vs_pmci, stage4, progression.",
+        ),
+    ] = "diagnosis",
+    modalities: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated modalities (default: all the model accepts)."),
+    ] = None,
+    seed: Annotated[int, typer.Option(min=0)] = 0,
+    preset: Annotated[
+        str, typer.Option(help="cpu (small, default) or paper (the paper's sizes).")
+    ] = "cpu",
+    epochs: Annotated[int, typer.Option(min=1)] = 30,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    lr: Annotated[float, typer.Option(min=0)] = 1e-3,
+    fraction: Annotated[
+        float, typer.Option(help="Train on this nested fraction of the training split.")
+    ] = 1.0,
+    class_weighted: Annotated[
+        bool, typer.Option("--class-weighted", help="Class-weighted loss.")
+    ] = False,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "cpu",
+    out: Annotated[
+        Path | None, typer.Option(help="Run folder (default runs/<model>-<task>-s<seed>).")
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty run folder.")] = False,
+    cache: Annotated[Path | None, typer.Option(help="Preprocessing cache folder.")] = None,
+) -> None:
+    """Train one model on one task and evaluate it on the test split (a run folder)."""
+    from adfuse.train import TrainConfig, fit
+
+    chosen = [m.strip() for m in modalities.split(",") if m.strip()] if modalities else None
+    config = TrainConfig.build(
+        model=model,
+        task=task,
+        modalities=chosen,
+        seed=seed,
+        preset=preset,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        fraction=fraction,
+        class_weighted=class_weighted,
+        device=device,
+    )
+    run_dir = out or Path("runs") / f"{model}-{task}-s{seed}"
+    fit(dataset, config, run_dir, resume=resume, force=force, cache_dir=cache)
+    _print_metrics(run_dir)
+
+
+@app.command()
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="A run folder.")],
+    dataset: Annotated[
+        Path | None, typer.Option(help="The dataset (default: the one in run.json).")
+    ] = None,
+    cache: Annotated[Path | None, typer.Option(help="Preprocessing cache folder.")] = None,
+) -> None:
+    """Re-evaluate a finished run on its test split (checks the dataset fingerprint)."""
+    import json
+
+    from adfuse.train import TrainConfig, finish, load_trained, resolve_device
+
+    session = load_trained(run, dataset, cache)
+    config = TrainConfig.build(**json.loads((run / "run.json").read_text())["config"])
+    previous = (
+        json.loads((run / "efficiency.json").read_text())
+        if (run / "efficiency.json").exists()
+        else {}
+    )
+    finish(
+        run,
+        session,
+        config,
+        resolve_device(config.device),
+        previous.get("train_seconds"),
+        previous.get("energy"),
+    )
+    _print_metrics(run)
+
+
+@app.command()
+def predict(
+    run: Annotated[Path, typer.Argument(help="A run folder.")],
+    dataset: Annotated[
+        Path, typer.Argument(help="A dataset folder (new subjects; any modality may be missing).")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="CSV file to write.")],
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
+    cache: Annotated[Path | None, typer.Option(help="Preprocessing cache folder.")] = None,
+) -> None:
+    """Predict every subject of a dataset with a trained run."""
+    from adfuse.errors import ConfigError
+    from adfuse.io import atomic_write_text
+    from adfuse.train import predict_dataset
+
+    if out.exists() and not force:
+        raise ConfigError(f"{out}: exists; pass --force to replace it")
+    frame = predict_dataset(run, dataset, cache)
+    atomic_write_text(out, frame.to_csv(index=False))
+    _console().print(f"wrote {len(frame)} predictions to [bold]{out}[/bold]")
+
+
+@app.command()
+def models() -> None:
+    """List the registered models."""
+    from rich.table import Table
+
+    from adfuse.models import registry
+
+    table = Table(title="Models")
+    for column in ("name", "kind", "paper", "uses"):
+        table.add_column(column)
+    for name in registry.available():
+        entry = registry.info(name)
+        table.add_row(name, entry.kind, entry.paper or "-", ", ".join(entry.accepts))
+    _console().print(table)
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Where the demo dataset and runs go.")] = DEMO_DIR,
-    subjects: Annotated[int, typer.Option("--subjects", "-n", min=10)] = 600,
+    subjects: Annotated[int, typer.Option("--subjects", "-n", min=40)] = 600,
+    epochs: Annotated[int, typer.Option(min=1)] = 15,
 ) -> None:
-    """Synthesise the default cohort (if absent) and summarise it."""
-    from adfuse.data.cohort import load_cohort
-    from adfuse.data.synth import generate
-    from adfuse.summary import print_info
+    """Synthesise the default cohort (if absent), train the baselines, print the leaderboard."""
+    from adfuse.demo import run_demo
 
-    console = _console()
-    dataset = out / "dataset"
-    if not (dataset / "ADNIMERGE.csv").exists():
-        console.print(f"synthesising {subjects} subjects into {dataset} ...")
-        generate(dataset, n_subjects=subjects, seed=0, progress=True, force=True)
-    print_info(load_cohort(dataset), None, console)
+    run_demo(out, subjects=subjects, epochs=epochs, console=_console())
+
+
+def _print_metrics(run_dir: Path) -> None:
+    import json
+
+    from rich.table import Table
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    table = Table(title=f"{run_dir}: test metrics (95% bootstrap CI)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column("95% CI", justify="right")
+    for name, value in metrics.items():
+        if isinstance(value, dict) and "value" in value:
+            table.add_row(
+                name, f"{value['value']:.3f}", f"[{value['low']:.3f}, {value['high']:.3f}]"
+            )
+    _console().print(table)
 
 
 def main() -> None:

@@ -433,22 +433,33 @@ class CohortDataset(torch.utils.data.Dataset):
         preprocessor: Preprocessor,
         config: PrepareConfig,
         cache_dir: Path,
+        *,
+        labelled: bool = True,
+        absent: dict[str, tuple[int, ...]] | None = None,
     ):
+        """``labelled=False`` allows subjects without a target (prediction: target -1 or NaN);
+        ``absent`` names modalities the cohort lacks entirely, with their input shape."""
         self.cohort, self.task, self.ids = cohort, task, list(ids)
         self.modalities, self.preprocessor, self.config = modalities, preprocessor, config
         targets = task.targets(cohort)
         missing = [i for i in self.ids if i not in targets.index]
-        if missing:
+        if missing and labelled:
             raise DataError(f"not kept by task {task.name}", subject=missing[0])
         dtype = torch.long if task.kind == "classification" else torch.float32
-        self.targets = torch.tensor(targets.loc[self.ids, "target"].to_numpy(), dtype=dtype)
-        self.available = cohort.availability.loc[self.ids, modalities].to_numpy(dtype=bool)
-        self.shapes: dict[str, tuple[int, ...]] = {}
+        unknown = -1 if task.kind == "classification" else float("nan")
+        values = targets["target"].reindex(self.ids).fillna(unknown).to_numpy()
+        self.targets = torch.tensor(values, dtype=dtype)
+        absent = absent or {}
+        availability = cohort.availability.reindex(columns=modalities, fill_value=False)
+        self.available = availability.loc[self.ids].to_numpy(dtype=bool)
+        self.shapes: dict[str, tuple[int, ...]] = dict(absent)
         self._tabular: dict[str, np.ndarray] = {}
         self._caches: dict[str, ModalityCache] = {}
         fingerprint = cohort.fingerprint()
         for modality in modalities:
             kind = layout.KINDS[modality]
+            if modality in absent:
+                continue
             if kind in ("tabular", "genotype"):
                 self._prepare_tabular(modality)
             else:

@@ -1,0 +1,100 @@
+"""``adfuse demo``: the synthetic default cohort, the baselines on ``diagnosis``, a leaderboard."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+DEMO_RUNS: tuple[tuple[str, str, list[str] | None], ...] = (
+    # (run name, model, modalities)
+    ("clinical-only", "unimodal", ["clinical"]),
+    ("t1-only", "unimodal", ["t1"]),
+    ("early-fusion", "early_fusion", None),
+    ("late-fusion", "late_fusion", None),
+    ("logreg", "logreg", None),
+    ("gboost", "gboost", None),
+)
+DEMO_EPOCHS = 15
+
+
+def run_demo(out: Path, subjects: int = 600, epochs: int = DEMO_EPOCHS, console=None) -> Path:
+    """Synthesise (if absent), train every demo run (resuming finished ones), print the board."""
+    from adfuse.data.synth import generate
+    from adfuse.runs import read_run
+    from adfuse.train import TrainConfig, fit
+
+    dataset = out / "dataset"
+    if not (dataset / "ADNIMERGE.csv").exists():
+        _say(console, f"synthesising {subjects} subjects into {dataset} ...")
+        generate(dataset, n_subjects=subjects, seed=0, progress=True, force=True)
+    runs = out / "runs"
+    for name, model, modalities in DEMO_RUNS:
+        run_dir = runs / name
+        config = TrainConfig.build(
+            model=model, task="diagnosis", modalities=modalities, epochs=epochs, seed=0, n_boot=500
+        )
+        done = (run_dir / "run.json").exists() and read_run(run_dir).get("status") == "complete"
+        if not done:
+            _say(console, f"training {name} ({model}) ...")
+            fit(dataset, config, run_dir, force=True, cache_dir=out / "cache")
+    board = leaderboard(runs)
+    if console is not None:
+        print_leaderboard(board, console, title="diagnosis (CN / MCI / AD), test split, 95% CI")
+    return runs
+
+
+def leaderboard(runs: Path):
+    """One row per run folder under ``runs``: main metrics with CIs, params, train time."""
+    import pandas as pd
+
+    rows = []
+    for run_dir in sorted(p for p in runs.iterdir() if (p / "metrics.json").exists()):
+        run = json.loads((run_dir / "run.json").read_text())
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        efficiency = json.loads((run_dir / "efficiency.json").read_text())
+        row = {
+            "run": run_dir.name,
+            "model": run["model"],
+            "modalities": "+".join(run["modalities"]),
+        }
+        for key in ("balanced_accuracy", "auc", "macro_f1", "rmse", "mae", "r2"):
+            if key in metrics:
+                row[key] = metrics[key]["value"]
+                row[f"{key}_low"] = metrics[key]["low"]
+                row[f"{key}_high"] = metrics[key]["high"]
+        row["parameters"] = efficiency.get("parameters_total")
+        row["train_seconds"] = efficiency.get("train_seconds")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def print_leaderboard(board, console, title: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in ("run", "model", "modalities"):
+        table.add_column(column)
+    metrics = [m for m in ("balanced_accuracy", "auc", "macro_f1", "rmse", "mae") if m in board]
+    for metric in metrics:
+        table.add_column(metric.replace("_", " "), justify="right")
+    table.add_column("params", justify="right")
+    table.add_column("train s", justify="right")
+    main = metrics[0] if metrics else None
+    ordered = board.sort_values(main, ascending=main in ("rmse", "mae")) if main else board
+    for _, row in ordered.iterrows():
+        cells = [row["run"], row["model"], row["modalities"]]
+        for metric in metrics:
+            cells.append(
+                f"{row[metric]:.3f} [{row[metric + '_low']:.3f}, {row[metric + '_high']:.3f}]"
+            )
+        params = row.get("parameters")
+        cells.append("-" if params is None or params != params else f"{int(params):,}")
+        seconds = row.get("train_seconds")
+        cells.append("-" if seconds is None or seconds != seconds else f"{seconds:.1f}")
+        table.add_row(*cells)
+    console.print(table)
+
+
+def _say(console, text: str) -> None:
+    if console is not None:
+        console.print(text)
