@@ -1,0 +1,149 @@
+"""The engine end to end on a small tabular cohort: run folder, determinism, resume after kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from safetensors.torch import load_file
+
+from adfuse import splits
+from adfuse.errors import ConfigError
+from adfuse.train import TrainConfig, fit, predict_dataset
+from tests.unit.cohort_factory import sized_cohort
+
+RUN_FILES = (
+    "run.json",
+    "split.json",
+    "preprocessing.json",
+    "history.csv",
+    "metrics.json",
+    "predictions/test.csv",
+    "patterns.csv",
+    "efficiency.json",
+    "checkpoints/best.safetensors",
+    "checkpoints/last.safetensors",
+)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    return sized_cohort(tmp_path_factory.mktemp("train"), {"CN": 30, "MCI": 30, "AD": 30})
+
+
+def config(**values) -> TrainConfig:
+    defaults = dict(model="unimodal", modalities=["clinical"], epochs=4, n_boot=50, batch_size=16)
+    return TrainConfig.build(**{**defaults, **values})
+
+
+def test_run_folder(cohort, tmp_path):
+    run = fit(cohort.root, config(), tmp_path / "run", cache_dir=tmp_path / "cache", progress=False)
+    for name in RUN_FILES:
+        assert (run / name).exists(), name
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "complete" and info["model"] == "unimodal"
+    assert info["dataset"]["fingerprint"]["n_subjects"] == 90
+    assert "torch" in info["versions"]
+    split = splits.Split.load(run / "split.json")
+    splits.check_disjoint(split)
+    metrics = json.loads((run / "metrics.json").read_text())
+    accuracy = metrics["balanced_accuracy"]
+    assert accuracy["low"] <= accuracy["value"] <= accuracy["high"]
+    predictions = pd.read_csv(run / "predictions" / "test.csv")
+    assert sorted(predictions["id"]) == sorted(split.test)
+    assert {"prob_CN", "prob_MCI", "prob_AD"} <= set(predictions.columns)
+    history = pd.read_csv(run / "history.csv")
+    assert len(history) == 4 and history["train_loss"].notna().all()
+    efficiency = json.loads((run / "efficiency.json").read_text())
+    assert efficiency["parameters_total"] > 0 and "energy" in efficiency
+    prediction = predict_dataset(run, cohort.root, cache_dir=tmp_path / "cache")
+    assert len(prediction) == 90 and prediction["predicted"].isin(["CN", "MCI", "AD"]).all()
+
+
+def test_same_seed_same_result(cohort, tmp_path):
+    first = fit(cohort.root, config(), tmp_path / "a", cache_dir=tmp_path / "cache", progress=False)
+    second = fit(
+        cohort.root, config(), tmp_path / "b", cache_dir=tmp_path / "cache", progress=False
+    )
+    assert (first / "metrics.json").read_text() == (second / "metrics.json").read_text()
+    a, b = (load_file(p / "checkpoints" / "best.safetensors") for p in (first, second))
+    assert all((a[k] == b[k]).all() for k in a)
+    other = fit(
+        cohort.root, config(seed=1), tmp_path / "c", cache_dir=tmp_path / "cache", progress=False
+    )
+    assert (
+        json.loads((other / "split.json").read_text())["test"]
+        != json.loads((first / "split.json").read_text())["test"]
+    )
+
+
+def test_refuses_to_overwrite_and_to_resume_another_config(cohort, tmp_path):
+    out = tmp_path / "run"
+    fit(cohort.root, config(epochs=1), out, cache_dir=tmp_path / "cache", progress=False)
+    with pytest.raises(ConfigError, match="--force"):
+        fit(cohort.root, config(epochs=1), out, cache_dir=tmp_path / "cache", progress=False)
+    with pytest.raises(ConfigError, match=r"different config \(epochs: 1 then, 2 now\)"):
+        fit(cohort.root, config(epochs=2), out, resume=True, cache_dir=tmp_path / "cache")
+    fit(
+        cohort.root, config(epochs=2), out, force=True, cache_dir=tmp_path / "cache", progress=False
+    )
+    assert json.loads((out / "run.json").read_text())["config"]["epochs"] == 2
+
+
+def _train_command(dataset: Path, out: Path, cache: Path, epochs: int) -> list[str]:
+    return [
+        sys.executable, "-m", "adfuse.cli", "train", str(dataset), "--model", "early_fusion",
+        "--modalities", "clinical", "--epochs", str(epochs), "--out", str(out), "--cache", str(cache),
+        "--batch-size", "4",
+    ]  # fmt: skip
+
+
+def test_resume_after_kill_gives_the_same_result(cohort, tmp_path):
+    """kill -9 in the middle of training, --resume, and compare with an uninterrupted run."""
+    epochs = 60
+    env = {**os.environ, "ADFUSE_TEST_PATIENCE": "1000"}
+    whole = tmp_path / "whole"
+    subprocess.run(
+        _train_command(cohort.root, whole, tmp_path / "c", epochs) + ["--seed", "0"],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(
+        _train_command(cohort.root, killed, tmp_path / "c", epochs) + ["--seed", "0"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    history = killed / "history.csv"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if history.exists() and len(history.read_text().splitlines()) > 3:
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "training finished before it could be killed"
+    assert json.loads((killed / "run.json").read_text())["status"] == "training"
+    resumed = subprocess.run(
+        _train_command(cohort.root, killed, tmp_path / "c", epochs) + ["--seed", "0", "--resume"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert (killed / "metrics.json").read_text() == (whole / "metrics.json").read_text()
+    a, b = (load_file(p / "checkpoints" / "best.safetensors") for p in (whole, killed))
+    assert all((a[k] == b[k]).all() for k in a)
+    assert (
+        pd.read_csv(killed / "history.csv")["val_loss"].tolist()
+        == pd.read_csv(whole / "history.csv")["val_loss"].tolist()
+    )
