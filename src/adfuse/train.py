@@ -180,7 +180,7 @@ def fit(
             else:
                 _train_torch(session, config, out, device, progress)
         train_seconds = time.perf_counter() - started
-        finish(out, session, config, device, train_seconds, energy.result())
+        finish(out, session, config, device, train_seconds, energy.result)
         _write_run_json(out, config, session, status="complete")
     return out
 
@@ -205,7 +205,7 @@ def finish(out, session, config, device, train_seconds, energy) -> None:
         if config.patterns
         else None
     )
-    evaluate.write_evaluation(out, predictions, scores, patterns, classes)
+    evaluate.write_evaluation(out, predictions, scores, patterns)
     example = session.test.batch(list(range(min(4, len(session.test)))))
     atomic_write_json(
         out / "efficiency.json", evaluate.efficiency(model, example, train_seconds, energy)
