@@ -191,7 +191,7 @@ def finish(out, session, config, device, train_seconds, energy) -> None:
 
     model = session.model
     classes = list(session.task.classes)
-    predictions = evaluate.predict(model, session.test, device=device)
+    predictions = evaluate.predict(model, session.test, device=device, classes=classes)
     scores = metrics.metrics_with_ci(
         session.task.kind,
         predictions.targets,

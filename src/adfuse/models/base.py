@@ -58,6 +58,24 @@ class ModelInfo:
     extra: dict = field(default_factory=dict)
 
 
+def trainable_prefixes(module: nn.Module, prefix: str = "") -> tuple[str, ...]:
+    """The fewest name prefixes covering exactly the parameters that require grad now
+    (``()`` when all do, which a Stage reads as "everything")."""
+    flags = [p.requires_grad for p in module.parameters()]
+    if not prefix and all(flags):
+        return ()
+    if all(flags):
+        return (prefix,)
+    out: list[str] = []
+    for name, parameter in module.named_parameters(recurse=False):
+        if parameter.requires_grad:
+            out.append(prefix + name)
+    for name, child in module.named_children():
+        if any(p.requires_grad for p in child.parameters()):
+            out.extend(trainable_prefixes(child, f"{prefix}{name}."))
+    return tuple(out)
+
+
 class AdfuseModel(nn.Module):
     """Base class: subclasses implement ``forward(batch)``; the rest has sensible defaults."""
 
@@ -100,7 +118,9 @@ class AdfuseModel(nn.Module):
         return self.prepare.model_copy(update={"views": {**self.prepare.views, **self.views()}})
 
     def stages(self) -> list[Stage]:
-        return [Stage("train")]
+        """One stage; parameters frozen when the model was built (a frozen pretrained language
+        model) stay frozen, since the engine sets ``requires_grad`` from the stage's prefixes."""
+        return [Stage("train", trainable_prefixes(self))]
 
     def task_loss(self, batch: Batch, out: torch.Tensor) -> torch.Tensor:
         if self.task_kind == "classification":
