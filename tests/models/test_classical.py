@@ -53,7 +53,7 @@ def test_learns_a_separable_signal(name):
     assert probabilities.shape == (90, 3)
     torch.testing.assert_close(probabilities.sum(1), torch.ones(90))
     accuracy = (probabilities.argmax(1) == test.target).float().mean().item()
-    assert accuracy > 0.6  # chance is 1/3
+    assert accuracy > 0.5  # chance is 1/3; absent modalities carry no signal
 
 
 @pytest.mark.parametrize("name", ["logreg", "gboost"])

@@ -14,7 +14,7 @@ DIM = 16
 # (modality, view, options, expected tokens) on the conftest spec and PREPARE grids
 CASES = [
     ("t1", "volume", {}, 8),  # 16^3 -> 2^3 cells
-    ("t1", "slice", {}, 16),  # 32^2 -> 4^2 cells
+    ("t1", "slice", {}, 4),  # 32^2, stride-2 stem -> 2^2 cells
     ("t1", "roi", {}, 5),
     ("t1", "regions", {}, 5),
     ("t1", "regions", {"mode": "mlp"}, 1),

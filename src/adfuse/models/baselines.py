@@ -14,7 +14,8 @@ Each modality goes through its encoder (``models/encoders.py``) to tokens, mean-
 | token width ``dim``| 256                      | 32                          |
 | head hidden        | 256                      | 64                          |
 | encoders (size)    | ResNet-10 widths 64-512  | ResNet widths 8-64          |
-| dropout            | 0.1                      | 0.1                         |
+| dropout            | 0.1                      | 0.3                         |
+| modality dropout   | 0.2 (fusion models)      | 0.2 (fusion models)         |
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from adfuse.models.base import AdfuseModel, ModelConfig
@@ -38,6 +40,9 @@ class BaselineConfig(ModelConfig):
     volume_view: Literal["volume", "slice", "roi", "regions"] = "volume"
     timeseries_view: Literal["series", "connectivity"] = "series"
     text_trainable: bool = False
+    # Training only: each present modality of a sample is withheld with this probability (one is
+    # always kept), so the fused model cannot lean on one modality and copes with absent ones.
+    modality_dropout: float = Field(0.0, ge=0, lt=1)
 
 
 class UnimodalConfig(BaselineConfig):
@@ -45,9 +50,10 @@ class UnimodalConfig(BaselineConfig):
 
 
 PRESETS = {
-    "cpu": {"dim": 32, "hidden": 64, "size": "cpu"},
+    "cpu": {"dim": 32, "hidden": 64, "size": "cpu", "dropout": 0.3},
     "paper": {"dim": 256, "hidden": 256, "size": "paper"},
 }
+FUSION_PRESETS = {name: {**values, "modality_dropout": 0.2} for name, values in PRESETS.items()}
 
 
 class EncodedModel(AdfuseModel):
@@ -71,6 +77,24 @@ class EncodedModel(AdfuseModel):
         view = self.views().get(modality)
         shape = self.input_shape(modality)
         return make_encoder(spec, view, shape, config.dim, config.size, **options)
+
+    def drop_modalities(self, batch):
+        """In training, withhold each present modality with ``config.modality_dropout``."""
+        rate = self.config.modality_dropout
+        if not self.training or rate <= 0 or len(self.modalities) < 2:
+            return batch
+        present = torch.stack([batch.present[m] for m in self.modalities], dim=1)
+        keep = present & (torch.rand(present.shape, device=present.device) >= rate)
+        emptied = present.any(dim=1) & ~keep.any(dim=1)
+        rescue = (torch.rand(present.shape, device=present.device) * present).argmax(dim=1)
+        keep[emptied, rescue[emptied]] = True
+        withheld = {m: keep[:, i] for i, m in enumerate(self.modalities)}
+        inputs = {
+            m: x if m not in withheld else x * _broadcast(withheld[m], x).to(x.dtype)
+            for m, x in batch.inputs.items()
+        }
+        present = {m: withheld.get(m, p) for m, p in batch.present.items()}
+        return type(batch)(inputs, present, batch.target, batch.ids, batch.extras)
 
     def pooled(self, batch, modality: str) -> torch.Tensor:
         """``[B, dim]``: the modality's pooled tokens (zeros where it is absent)."""
@@ -105,6 +129,7 @@ class EarlyFusion(EncodedModel):
         self.head = MLPHead(width, config.hidden, self.out_dim, config.dropout)
 
     def forward(self, batch) -> torch.Tensor:
+        batch = self.drop_modalities(batch)
         slots = [
             torch.where(batch.present[m].unsqueeze(1), self.pooled(batch, m), self.absent[m])
             for m in self.modalities
@@ -124,6 +149,7 @@ class LateFusion(EncodedModel):
         self.absent_output = nn.Parameter(torch.zeros(self.out_dim))
 
     def forward(self, batch) -> torch.Tensor:
+        batch = self.drop_modalities(batch)
         total, count = 0.0, 0
         for m in self.modalities:
             here = batch.present[m].unsqueeze(1)
@@ -147,7 +173,7 @@ def unimodal(spec, task, modalities, config, prepare):
 @register(
     "early_fusion",
     config=BaselineConfig,
-    presets=PRESETS,
+    presets=FUSION_PRESETS,
     description="Concatenated pooled embeddings (a learned vector for an absent modality) -> MLP",
 )
 def early_fusion(spec, task, modalities, config, prepare):
@@ -157,8 +183,12 @@ def early_fusion(spec, task, modalities, config, prepare):
 @register(
     "late_fusion",
     config=BaselineConfig,
-    presets=PRESETS,
+    presets=FUSION_PRESETS,
     description="A head per modality; outputs averaged over the modalities present",
 )
 def late_fusion(spec, task, modalities, config, prepare):
     return LateFusion(spec, task, modalities, config, prepare)
+
+
+def _broadcast(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return mask.reshape(-1, *([1] * (like.dim() - 1)))

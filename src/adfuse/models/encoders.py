@@ -310,7 +310,7 @@ class SeriesEncoder(TokenEncoder):
 
 # ----------------------------------------------------------------------------- the constructor
 _IMAGE = {
-    "cpu": {"widths": (8, 16, 32, 64), "stem_kernel": 3, "stem_stride": 1, "max_pool": False},
+    "cpu": {"widths": (8, 16, 32, 64), "stem_kernel": 3, "stem_stride": 2, "max_pool": False},
     "paper": {"widths": (64, 128, 256, 512), "stem_kernel": 7, "stem_stride": 2, "max_pool": True},
 }
 _MLP = {"cpu": {"hidden": 64}, "paper": {"hidden": 256}}
