@@ -188,6 +188,22 @@ def predict(
 
 
 @app.command()
+def explain(
+    run: Annotated[Path, typer.Argument(help="A finished run folder.")],
+    dataset: Annotated[
+        Path | None, typer.Option(help="The dataset (default: the one in run.json).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default RUN/explain).")] = None,
+    cache: Annotated[Path | None, typer.Option(help="Preprocessing cache folder.")] = None,
+) -> None:
+    """Interpret a trained run: attention maps, rollout, expert use (per model)."""
+    from adfuse.explain import explain_run
+
+    folder = explain_run(run, dataset, out, cache)
+    _console().print(f"wrote the explanation to [bold]{folder}[/bold]")
+
+
+@app.command()
 def models() -> None:
     """List the registered models."""
     from rich.table import Table
