@@ -154,7 +154,11 @@ def fit(
     progress: bool = True,
 ) -> Path:
     """Train ``config.model`` on ``dataset`` into the run folder ``out``; returns ``out``."""
+    from adfuse import models, tasks
+
     out = Path(out)
+    models.info(config.model)  # unknown names fail before anything is written
+    tasks.get(config.task)
     if resume:
         previous = read_run(out)
         if previous["config"] != config.model_dump(mode="json"):
@@ -166,23 +170,33 @@ def fit(
         if not force:
             raise ConfigError(f"{out}: folder is not empty; pass --force to replace it or --resume")
         shutil.rmtree(out)
-    with locked(out):
-        session = open_session(Path(dataset), config, out, cache_dir)
-        _write_run_json(out, config, session, status="training")
-        atomic_write_json(out / "preprocessing.json", session.preprocessor.state())
-        device = resolve_device(config.device)
-        started = time.perf_counter()
-        from adfuse.evaluate import EnergyMeter
-
-        with EnergyMeter() as energy:
-            if getattr(session.model, "kind", "torch") == "sklearn":
-                session.model.fit(session.train.batch(), session.val.batch(), config.seed)
-            else:
-                _train_torch(session, config, out, device, progress)
-        train_seconds = time.perf_counter() - started
-        finish(out, session, config, device, train_seconds, energy.result)
-        _write_run_json(out, config, session, status="complete")
+    created = not out.exists()
+    try:
+        with locked(out):
+            _fit_locked(Path(dataset), config, out, cache_dir, progress)
+    except BaseException:
+        if created and not (out / RUN_FILE).exists():
+            shutil.rmtree(out, ignore_errors=True)  # a run that never started leaves nothing
+        raise
     return out
+
+
+def _fit_locked(dataset: Path, config: TrainConfig, out: Path, cache_dir, progress: bool) -> None:
+    from adfuse.evaluate import EnergyMeter
+
+    session = open_session(dataset, config, out, cache_dir)
+    _write_run_json(out, config, session, status="training")
+    atomic_write_json(out / "preprocessing.json", session.preprocessor.state())
+    device = resolve_device(config.device)
+    started = time.perf_counter()
+    with EnergyMeter() as energy:
+        if getattr(session.model, "kind", "torch") == "sklearn":
+            session.model.fit(session.train.batch(), session.val.batch(), config.seed)
+        else:
+            _train_torch(session, config, out, device, progress)
+    train_seconds = time.perf_counter() - started
+    finish(out, session, config, device, train_seconds, energy.result)
+    _write_run_json(out, config, session, status="complete")
 
 
 def finish(out, session, config, device, train_seconds, energy) -> None:

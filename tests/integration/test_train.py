@@ -147,3 +147,110 @@ def test_resume_after_kill_gives_the_same_result(cohort, tmp_path):
         pd.read_csv(killed / "history.csv")["val_loss"].tolist()
         == pd.read_csv(whole / "history.csv")["val_loss"].tolist()
     )
+
+
+def test_classical_model_runs_through_the_same_engine(cohort, tmp_path):
+    run = fit(
+        cohort.root,
+        config(model="logreg", modalities=None),
+        tmp_path / "lr",
+        cache_dir=tmp_path / "cache",
+        progress=False,
+    )
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["balanced_accuracy"]["value"] > 0.4  # 3 classes: chance is 1/3
+    assert not (run / "history.csv").exists()  # nothing epoch-wise to log
+    # restored by refitting on the same training subjects and seed: same predictions
+    first = pd.read_csv(run / "predictions" / "test.csv")
+    again = predict_dataset(run, cohort.root, cache_dir=tmp_path / "cache").set_index("id")
+    for _, row in first.iterrows():
+        assert again.loc[row["id"], "prob_AD"] == pytest.approx(row["prob_AD"], abs=1e-6)
+
+
+def test_predict_refuses_a_dataset_with_another_spec(cohort, tmp_path):
+    import shutil
+
+    run = fit(
+        cohort.root,
+        config(epochs=1),
+        tmp_path / "run",
+        cache_dir=tmp_path / "cache",
+        progress=False,
+    )
+    other = tmp_path / "other"
+    shutil.copytree(cohort.root, other)
+    table = pd.read_csv(other / "ADNIMERGE.csv", dtype=str, keep_default_na=False)
+    table.drop(columns=["ADAS13"]).to_csv(other / "ADNIMERGE.csv", index=False)
+    with pytest.raises(
+        ConfigError, match=r"clinical feature names differ from the run's .*missing \['ADAS13'\]"
+    ):
+        predict_dataset(run, other, cache_dir=tmp_path / "cache")
+
+
+def test_cli_evaluate_and_predict(cohort, tmp_path):
+    run = tmp_path / "run"
+    cli = [sys.executable, "-m", "adfuse.cli"]
+    common = ["--modalities", "clinical", "--epochs", "2", "--cache", str(tmp_path / "cache")]
+    result = subprocess.run(
+        [*cli, "train", str(cohort.root), "--model", "unimodal", "--out", str(run), *common],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "balanced_accuracy" in result.stdout
+    before = json.loads((run / "metrics.json").read_text())
+    result = subprocess.run(
+        [*cli, "evaluate", str(run), "--cache", str(tmp_path / "cache")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads((run / "metrics.json").read_text()) == before
+    out = tmp_path / "preds.csv"
+    result = subprocess.run(
+        [
+            *cli,
+            "predict",
+            str(run),
+            str(cohort.root),
+            "--out",
+            str(out),
+            "--cache",
+            str(tmp_path / "cache"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(pd.read_csv(out)) == 90
+    again = subprocess.run(
+        [*cli, "predict", str(run), str(cohort.root), "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert again.returncode == 2 and "--force" in again.stderr
+    bad = subprocess.run(
+        [*cli, "train", str(cohort.root), "--model", "unimodl", "--out", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "Did you mean 'unimodal'" in bad.stderr
+    assert len([line for line in bad.stderr.splitlines() if line.strip()]) == 1
+    assert not (tmp_path / "x").exists()
+    bad = subprocess.run(
+        [
+            *cli,
+            "train",
+            str(cohort.root),
+            "--model",
+            "unimodal",
+            "--modalities",
+            "tau",
+            "--out",
+            str(tmp_path / "y"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "'tau' is not in this dataset" in bad.stderr
+    assert not (tmp_path / "y").exists()
