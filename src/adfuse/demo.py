@@ -30,6 +30,11 @@ def run_demo(out: Path, subjects: int = 600, epochs: int = DEMO_EPOCHS, console=
     if not (dataset / "ADNIMERGE.csv").exists():
         _say(console, f"synthesising {subjects} subjects into {dataset} ...")
         generate(dataset, n_subjects=subjects, seed=0, progress=True, force=True)
+    if console is not None:
+        from adfuse.data.cohort import load_cohort
+        from adfuse.summary import print_info
+
+        print_info(load_cohort(dataset), None, console)
     runs = out / "runs"
     for name, model, modalities in DEMO_RUNS:
         run_dir = runs / name
