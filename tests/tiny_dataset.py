@@ -47,6 +47,11 @@ def write_tiny_dataset(root: Path) -> Path:
         },
     )
 
+    (root / "genotypes.genes.tsv").write_text(
+        "snp\tgene\nrs429358\tAPOE\nrs7412\tAPOE\nrs744373\tBIN1\nrs11136000\tCLU\n",
+        encoding="utf-8",
+    )
+
     (root / "atlas").mkdir(exist_ok=True)
     labels = np.zeros(SHAPE, dtype=np.uint8)
     labels[1:4, 1:4, 1:4] = 1

@@ -65,6 +65,11 @@ def test_spec(tiny):
     assert spec["t1"].feature_names == ("lh-hippocampus", "rh-hippocampus", "precuneus")
     assert spec["fmri"].shape == (20, 3)
     assert spec["genotype"].shape == (4,) and spec["genotype"].feature_names[0] == "rs429358"
+    assert spec["genotype"].groups == {
+        "APOE": ("rs429358", "rs7412"),
+        "BIN1": ("rs744373",),
+        "CLU": ("rs11136000",),
+    }
     clinical = spec["clinical"]
     assert "MMSE" in clinical.feature_names and "PTGENDER" in clinical.feature_names
     for not_a_feature in ("RID", "PTID", "VISCODE", "DX", "DX_bl", "Month", "EXAMDATE"):
@@ -94,7 +99,13 @@ def test_bom_is_accepted(tiny):
 
 
 def test_absent_modalities_are_normal(tiny):
-    for name in ("genotypes.bed", "genotypes.bim", "genotypes.fam", "notes.jsonl"):
+    for name in (
+        "genotypes.bed",
+        "genotypes.bim",
+        "genotypes.fam",
+        "genotypes.genes.tsv",
+        "notes.jsonl",
+    ):
         (tiny / name).unlink()
     shutil.rmtree(tiny / "rawdata")
     cohort = adfuse.load_cohort(tiny)
@@ -339,6 +350,11 @@ BAD_LOAD = {
         _replace("genotypes.bim", "44908684", "pos?"),
         DataError,
         r"genotypes.bim: pos: line 1: position 'pos\?'",
+    ),
+    "gene annotation names an unknown SNP": (
+        _replace("genotypes.genes.tsv", "rs744373", "rs0000001"),
+        DataError,
+        r"^genotypes.genes.tsv: snp: SNP 'rs0000001' is not in the .bim",
     ),
     "NIfTI corrupt": (
         _write(T1, b"not a nifti file at all" * 20),

@@ -40,6 +40,7 @@ class ModalitySpec:
     shape: tuple[int, ...]
     feature_names: tuple[str, ...] = ()
     categories: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)  # genotype: gene -> SNPs
 
     def to_dict(self) -> dict:
         return {
@@ -48,6 +49,7 @@ class ModalitySpec:
             "shape": list(self.shape),
             "feature_names": list(self.feature_names),
             "categories": {k: list(v) for k, v in self.categories.items()},
+            "groups": {k: list(v) for k, v in self.groups.items()},
         }
 
     @classmethod
@@ -58,6 +60,7 @@ class ModalitySpec:
             shape=tuple(data["shape"]),
             feature_names=tuple(data["feature_names"]),
             categories={k: tuple(v) for k, v in data.get("categories", {}).items()},
+            groups={k: tuple(v) for k, v in data.get("groups", {}).items()},
         )
 
 
@@ -140,7 +143,8 @@ class Cohort:
                 out[modality] = ModalitySpec(modality, kind, (len(names),), names, categories)
             elif modality == "genotype":
                 snps = tuple(self.genotypes.snps)
-                out[modality] = ModalitySpec(modality, kind, (len(snps),), snps)
+                groups = dict(self.genotypes.genes or {})
+                out[modality] = ModalitySpec(modality, kind, (len(snps),), snps, groups=groups)
             elif kind == "volume":
                 shape, names = self._volume_grid(modality)
                 out[modality] = ModalitySpec(modality, kind, shape, names)

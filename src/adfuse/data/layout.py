@@ -37,6 +37,7 @@ KINDS: dict[str, str] = {
 
 ADNIMERGE = "ADNIMERGE.csv"
 GENOTYPES = "genotypes"  # + .bed .bim .fam
+SNP_GENES_SUFFIX = ".genes.tsv"  # optional: genotypes.genes.tsv, columns snp, gene
 RAWDATA = "rawdata"
 ATLAS_IMAGE = "atlas/dseg.nii.gz"
 ATLAS_TABLE = "atlas/dseg.tsv"

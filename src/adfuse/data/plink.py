@@ -27,6 +27,7 @@ class Genotypes:
     bed: Path
     fam: pd.DataFrame
     bim: pd.DataFrame
+    genes: dict[str, tuple[str, ...]] | None = None  # gene -> SNP ids, from <prefix>.genes.tsv
 
     @property
     def samples(self) -> list[str]:
@@ -82,7 +83,31 @@ def read_plink(prefix: Path) -> Genotypes | None:
     _check_unique(fam, ["IID"], paths[".fam"].name, "sample IID")  # IID is the PTID
     _check_unique(bim, ["snp"], paths[".bim"].name, "SNP")
     _check_bed(paths[".bed"], len(fam), len(bim), paths)
-    return Genotypes(bed=paths[".bed"], fam=fam, bim=bim)
+    genes = read_gene_annotation(prefix.with_name(prefix.name + ".genes.tsv"), set(bim["snp"]))
+    return Genotypes(bed=paths[".bed"], fam=fam, bim=bim, genes=genes)
+
+
+def read_gene_annotation(path: Path, snps: set[str]) -> dict[str, tuple[str, ...]] | None:
+    """Optional SNP -> gene table (TSV: snp, gene); gene -> its SNPs in file order."""
+    from adfuse.data.tables import read_delimited
+
+    if not path.exists():
+        return None
+    table = read_delimited(path, "\t", path.name)
+    for column in ("snp", "gene"):
+        if column not in table:
+            raise DataError(f"required column {column!r} is missing", file=path.name, field=column)
+    unknown = table.loc[~table["snp"].isin(snps), "snp"]
+    if len(unknown):
+        raise DataError(f"SNP {unknown.iloc[0]!r} is not in the .bim", file=path.name, field="snp")
+    if table["snp"].duplicated().any():
+        repeated = table.loc[table["snp"].duplicated(), "snp"].iloc[0]
+        raise DataError(f"SNP {repeated!r} appears more than once", file=path.name, field="snp")
+    genes: dict[str, list[str]] = {}
+    for snp, gene in zip(table["snp"], table["gene"].fillna("").str.strip(), strict=True):
+        if gene:
+            genes.setdefault(gene, []).append(snp)
+    return {gene: tuple(members) for gene, members in genes.items()}
 
 
 def _read_whitespace(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:

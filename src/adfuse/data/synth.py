@@ -237,6 +237,11 @@ def _write_genotypes(root: Path, simulation: Simulation) -> None:
         count_A1=True,
         num_threads=1,
     )
+    # SNP -> gene annotation (what a user would make from dbSNP/Ensembl for a real .bim)
+    annotation = "snp\tgene\n" + "".join(
+        f"{snp}\t{gene}\n" for snp, gene in zip(snps["snp"], snps["gene"], strict=True)
+    )
+    (root / f"{layout.GENOTYPES}{layout.SNP_GENES_SUFFIX}").write_text(annotation, encoding="utf-8")
 
 
 def _write_notes(root: Path, simulation: Simulation, adnimerge: pd.DataFrame) -> None:
