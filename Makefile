@@ -23,9 +23,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # torch first: the pinned CPU wheel; an unpinned resolve would pull a multi-GB CUDA build.
-$(STAMP): pyproject.toml | $(BIN)/python
+$(STAMP): pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[text,dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[all,dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
