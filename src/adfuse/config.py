@@ -97,3 +97,15 @@ def load_dataset_config(root: Path) -> DatasetConfig:
         return DatasetConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(pydantic_message(exc, layout.CONFIG)) from None
+
+
+def require(module: str, extra: str, purpose: str):
+    """Import an optional dependency, or a ConfigError naming the extra that installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError:
+        raise ConfigError(
+            f"{purpose} needs the '{module}' package: pip install 'adfuse[{extra}]'"
+        ) from None

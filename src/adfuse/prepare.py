@@ -286,7 +286,10 @@ def _categorical_rows(cohort: Cohort, modality: str, ids: list[str]) -> list[lis
 # ----------------------------------------------------------------------------- per-subject transforms
 def _volume_views(volume: np.ndarray, view: str, config: PrepareConfig, atlas_labels) -> np.ndarray:
     """One volume (atlas grid) -> the array of a view, intensity z-scored inside the brain."""
-    from monai.transforms import NormalizeIntensity, Resize
+    from adfuse.config import require
+
+    transforms = require("monai.transforms", "imaging", "preparing image volumes")
+    NormalizeIntensity, Resize = transforms.NormalizeIntensity, transforms.Resize  # noqa: N806
 
     image = torch.from_numpy(volume)[None]  # channel first
     image = NormalizeIntensity(nonzero=True)(image)

@@ -123,7 +123,9 @@ class ResNetEncoder(TokenEncoder):
         max_pool: bool = False,
         dropout: float = 0.0,
     ):
-        from monai.networks.nets import ResNet
+        from adfuse.config import require
+
+        ResNet = require("monai.networks.nets", "imaging", "the image encoders").ResNet  # noqa: N806
 
         grid = _resnet_grid(input_shape, stem_kernel, stem_stride, max_pool)
         if math.prod(grid) == 1 and max_pool:
