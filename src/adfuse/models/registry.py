@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 _REGISTRY: dict[str, ModelInfo] = {}
 # Modules whose import registers models; imported on first use of the registry.
-MODEL_MODULES = ("adfuse.models.baselines", "adfuse.models.classical", "adfuse.models.acmca")
+MODEL_MODULES = ("adfuse.models.baselines", "adfuse.models.classical")
 PRESETS = ("cpu", "paper")
 
 
