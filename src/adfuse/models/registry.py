@@ -24,7 +24,13 @@ if TYPE_CHECKING:
 
 _REGISTRY: dict[str, ModelInfo] = {}
 # Modules whose import registers models; imported on first use of the registry.
-MODEL_MODULES = ("adfuse.models.baselines", "adfuse.models.classical")
+MODEL_MODULES = (
+    "adfuse.models.baselines",
+    "adfuse.models.classical",
+    "adfuse.models.acmca",
+    "adfuse.models.smmt",
+    "adfuse.models.threemt",
+)
 PRESETS = ("cpu", "paper")
 
 
