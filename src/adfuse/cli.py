@@ -135,6 +135,80 @@ def train(
 
 
 @app.command()
+def sweep(
+    dataset: Annotated[Path, typer.Argument(help="A dataset folder.")],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="A registered model (see `adfuse models`).")
+    ],
+    task: Annotated[str, typer.Option("--task", "-t", help="A task (see `adfuse info`).")] = (
+        "diagnosis"
+    ),
+    modalities: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated modalities (default: all the model accepts)."),
+    ] = None,
+    fractions: Annotated[
+        str, typer.Option(help="Comma-separated nested training fractions.")
+    ] = "0.2,0.4,0.6,0.8,1.0",
+    seeds: Annotated[int, typer.Option(min=1, help="Seeds 0..N-1 (each its own split).")] = 5,
+    preset: Annotated[str, typer.Option(help="cpu (default) or paper.")] = "cpu",
+    epochs: Annotated[int, typer.Option(min=1)] = 30,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    lr: Annotated[float, typer.Option(min=0)] = 1e-3,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "cpu",
+    out: Annotated[
+        Path | None, typer.Option(help="Sweep folder (default sweeps/<model>-<task>).")
+    ] = None,
+    cache: Annotated[Path | None, typer.Option(help="Preprocessing cache folder.")] = None,
+) -> None:
+    """Train on nested fractions of the training split × seeds (SMMT's protocol); resumable.
+
+    Writes one run folder per (fraction, seed), fractions.csv and fractions_summary.csv.
+    """
+    from adfuse.errors import ConfigError
+    from adfuse.sweep import summarise, sweep_fractions
+    from adfuse.train import TrainConfig
+
+    try:
+        chosen_fractions = [float(f) for f in fractions.split(",") if f.strip()]
+    except ValueError:
+        raise ConfigError(
+            f"--fractions: not a comma-separated list of numbers: {fractions!r}"
+        ) from None
+    chosen = [m.strip() for m in modalities.split(",") if m.strip()] if modalities else None
+    config = TrainConfig.build(
+        model=model,
+        task=task,
+        modalities=chosen,
+        preset=preset,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        device=device,
+    )
+    folder = out or Path("sweeps") / f"{model}-{task}"
+    table = sweep_fractions(
+        dataset, config, chosen_fractions, list(range(seeds)), out=folder, cache_dir=cache
+    )
+    _print_frame(summarise(table), f"{folder}: {table['metric'].iloc[0]} across seeds")
+
+
+def _print_frame(frame, title: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in frame.columns:
+        table.add_column(
+            str(column),
+            justify="right" if frame[column].dtype.kind in "iuf" else "left",
+            no_wrap=True,
+        )
+    for _, row in frame.iterrows():
+        table.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row))
+    _console().print(table)
+
+
+@app.command()
 def evaluate(
     run: Annotated[Path, typer.Argument(help="A run folder.")],
     dataset: Annotated[

@@ -298,8 +298,18 @@ def efficiency(
             from torch.utils.flop_counter import FlopCounterMode
 
             counter = FlopCounterMode(display=False)
-            with counter:
-                model(batch)
+            # Under no_grad a view of a parameter that requires grad (learned queries expanded
+            # to the batch) still says requires_grad but has no grad_fn, which the counter's
+            # module tracker rejects: count with every parameter's flag off, then restore.
+            flags = [(p, p.requires_grad) for p in model.parameters()]
+            try:
+                for parameter, _ in flags:
+                    parameter.requires_grad_(False)
+                with counter:
+                    model(batch)
+            finally:
+                for parameter, flag in flags:
+                    parameter.requires_grad_(flag)
             out["flops_per_subject"] = counter.get_total_flops() / len(batch)
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from adfuse.errors import ConfigError
-from adfuse.io import is_nonempty_dir
+from adfuse.io import atomic_write_text, is_nonempty_dir
 from adfuse.runs import RUN_FILE, read_run
 from adfuse.train import TrainConfig, fit
 
@@ -61,8 +61,8 @@ def sweep_fractions(
         _train_unless_done(dataset, config, run_dir, cache_dir, progress)
         rows.append(_row(run_dir, config, fraction, seed))
     table = pd.DataFrame(rows)
-    table.to_csv(out / "fractions.csv", index=False)
-    summarise(table).to_csv(out / "fractions_summary.csv", index=False)
+    atomic_write_text(out / "fractions.csv", table.to_csv(index=False))
+    atomic_write_text(out / "fractions_summary.csv", summarise(table).to_csv(index=False))
     return table
 
 

@@ -94,3 +94,36 @@ def test_bad_fractions_are_refused_before_any_training(tmp_path):
     with pytest.raises(ConfigError):
         sweep.sweep_fractions(tmp_path, config, (0.0, 0.5), (0,), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_sweep_command_trains_each_fraction_and_seed_then_resumes(swept, tmp_path):
+    from typer.testing import CliRunner
+
+    from adfuse.cli import app
+
+    cohort = swept[0]
+    out = tmp_path / "cli-sweep"
+    args = ["sweep", str(cohort.root), "-m", "unimodal", "--modalities", "clinical"]
+    args += ["--fractions", "0.5,1", "--seeds", "1", "--epochs", "1", "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "balanced_accuracy across seeds" in result.output
+    summary = pd.read_csv(out / "fractions_summary.csv")
+    assert summary["fraction"].tolist() == [0.5, 1.0]
+    assert (summary["n_seeds"] == 1).all()
+    finished = {p: p.stat().st_mtime_ns for p in out.glob("*/metrics.json")}
+    assert len(finished) == 2
+    again = CliRunner().invoke(app, args)  # every run complete: nothing trains again
+    assert again.exit_code == 0, again.output
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/metrics.json")} == finished
+
+
+def test_the_sweep_command_refuses_a_bad_fraction_list(tmp_path):
+    from typer.testing import CliRunner
+
+    from adfuse.cli import app
+
+    args = ["sweep", str(tmp_path), "-m", "unimodal", "--fractions", "0.2,half"]
+    result = CliRunner().invoke(app, args)
+    assert isinstance(result.exception, ConfigError)
+    assert "--fractions" in str(result.exception)

@@ -148,6 +148,21 @@ def test_stages_name_existing_parameters(name, task):
 
 
 @pytest.mark.parametrize(("name", "task"), CASES)
+def test_efficiency_counts_flops_and_times_inference(name, task):
+    """What the engine measures after training (efficiency.json) works for every model and
+    leaves the parameters' trainable flags as they were."""
+    from adfuse.evaluate import efficiency
+
+    model = cached(name, task)
+    flags = [p.requires_grad for p in model.parameters()]
+    result = efficiency(model, random_batch(model, n=2, seed=3), train_seconds=1.0, repeats=1)
+    assert result["flops_per_subject"] > 0
+    assert result["inference_subjects_per_second"] > 0
+    assert result["parameters_total"] >= result["parameters_trainable"] > 0
+    assert [p.requires_grad for p in model.parameters()] == flags
+
+
+@pytest.mark.parametrize(("name", "task"), CASES)
 def test_safetensors_round_trip(name, task, tmp_path):
     from safetensors.torch import load_model, save_model
 
