@@ -111,12 +111,21 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace a non-empty run folder.")] = False,
     cache: Annotated[Path | None, typer.Option(help="Preprocessing cache folder.")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Model config override KEY=VALUE (repeatable; VALUE read as JSON when it "
+            "parses), e.g. --set queries=16 --set smri_encoder=encoders/smri-s0.",
+        ),
+    ] = None,
 ) -> None:
     """Train one model on one task and evaluate it on the test split (a run folder)."""
     from adfuse.train import TrainConfig, fit
 
     chosen = [m.strip() for m in modalities.split(",") if m.strip()] if modalities else None
     config = TrainConfig.build(
+        overrides=_overrides(set_ or []),
         model=model,
         task=task,
         modalities=chosen,
@@ -132,6 +141,66 @@ def train(
     run_dir = out or Path("runs") / f"{model}-{task}-s{seed}"
     fit(dataset, config, run_dir, resume=resume, force=force, cache_dir=cache)
     _print_metrics(run_dir)
+
+
+def _overrides(pairs: list[str]) -> dict:
+    import json
+
+    from adfuse.errors import ConfigError
+
+    values = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE")
+        try:
+            values[key.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            values[key.strip()] = text
+    return values
+
+
+@app.command()
+def pretrain(
+    dataset: Annotated[Path, typer.Argument(help="A dataset folder.")],
+    modality: Annotated[
+        str, typer.Option("--modality", help="smri, fmri or genetics: the encoder to pre-train.")
+    ],
+    out: Annotated[
+        Path | None, typer.Option(help="Encoder folder (default encoders/<modality>-s<seed>).")
+    ] = None,
+    epochs: Annotated[int, typer.Option(min=1)] = 30,
+    seed: Annotated[
+        int, typer.Option(min=0, help="Seed; its test splits (every task) are left out.")
+    ] = 0,
+    include_test: Annotated[
+        bool,
+        typer.Option(
+            "--include-test",
+            help="Also pre-train on the test subjects of --seed (off: leak-free for that seed).",
+        ),
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty folder.")] = False,
+    cache: Annotated[Path | None, typer.Option(help="Preprocessing cache folder.")] = None,
+) -> None:
+    """Self-supervised masked-token pre-training of a foundation encoder (labels unused)."""
+    from adfuse.pretrain import PretrainConfig
+    from adfuse.pretrain import pretrain as run_pretrain
+
+    config = PretrainConfig.build(
+        modality=modality, epochs=epochs, seed=seed, exclude_test=not include_test
+    )
+    folder = out or Path("encoders") / f"{modality}-s{seed}"
+    run_pretrain(dataset, config, folder, force=force, cache_dir=cache)
+    import json
+
+    info = json.loads((folder / "config.json").read_text())["pretraining"]
+    _console().print(
+        f"wrote [bold]{folder}[/bold]: {info['subjects_used']} subjects "
+        f"({info['test_subjects_excluded']} test subjects left out), reconstruction loss "
+        f"{info['history'][0]['reconstruction_loss']:.3f} -> "
+        f"{info['history'][-1]['reconstruction_loss']:.3f} in {info['seconds']:.1f} s"
+    )
 
 
 @app.command()
@@ -206,6 +275,110 @@ def _print_frame(frame, title: str) -> None:
     for _, row in frame.iterrows():
         table.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row))
     _console().print(table)
+
+
+@app.command()
+def combinations(
+    dataset: Annotated[Path, typer.Argument(help="A dataset folder.")],
+    models: Annotated[
+        str, typer.Option(help="Comma-separated models; the first is compared with the second.")
+    ] = "permoe,flexmoe",
+    task: Annotated[str, typer.Option("--task", "-t", help="A regression task.")] = "progression",
+    modalities: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated modalities (default: clinical and the four images)."),
+    ] = None,
+    seeds: Annotated[int, typer.Option(min=1, help="Seeds 0..N-1 (each its own split).")] = 5,
+    preset: Annotated[str, typer.Option(help="cpu (default) or paper.")] = "cpu",
+    epochs: Annotated[int, typer.Option(min=1)] = 30,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    lr: Annotated[float, typer.Option(min=0)] = 1e-3,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "cpu",
+    n_boot: Annotated[int, typer.Option(min=0, help="Bootstrap resamples for the CIs.")] = 1000,
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder (default combinations/<task>).")
+    ] = None,
+    cache: Annotated[Path | None, typer.Option(help="Preprocessing cache folder.")] = None,
+) -> None:
+    """Every combination of T1, FLAIR, amyloid and tau at test time, models side by side (RMSE
+    with 95% CIs, per ΔCDR-SB bin, wins); trains or reuses one run per model x seed.
+
+    Writes combinations.csv, comparison.csv, summary.json, predictions.csv, combinations.png.
+    """
+    from adfuse.combinations import compare_combinations
+    from adfuse.train import TrainConfig
+
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    chosen = [m.strip() for m in modalities.split(",") if m.strip()] if modalities else None
+    config = TrainConfig.build(
+        model=names[0] if names else "permoe",
+        task=task,
+        modalities=chosen,
+        preset=preset,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        device=device,
+        n_boot=n_boot,
+    )
+    folder = out or Path("combinations") / task
+    result = compare_combinations(
+        dataset, config, names, range(seeds), folder, cache_dir=cache, n_boot=n_boot
+    )
+    _print_combinations(result)
+
+
+def _print_combinations(result) -> None:
+    import math
+
+    from rich.table import Table
+
+    models = result.summary["models"]
+    table = Table(title=f"{result.out}: test RMSE [95% CI] per image combination")
+    longest = max(len(name) for name in result.table["combination"])
+    table.add_column("combination", no_wrap=True, min_width=longest)
+    for model in models:
+        table.add_column(f"{model} n", justify="right")
+        table.add_column(f"{model} RMSE", justify="right")
+    if result.comparison is not None:
+        table.add_column("change %", justify="right")
+        table.add_column("better")
+    frame = result.table.set_index(["model", "combination"])
+    compared = None if result.comparison is None else result.comparison.set_index("combination")
+    for combination in dict.fromkeys(result.table["combination"]):
+        cells = [combination]
+        for model in models:
+            row = frame.loc[(model, combination)]
+            rmse = row.get("rmse", float("nan"))
+            text = (
+                f"{rmse:.3f} [{row['rmse_low']:.3f}, {row['rmse_high']:.3f}]"
+                if math.isfinite(rmse)
+                else "-"
+            )
+            cells += [str(int(row["n"])), text]
+        if compared is not None:
+            change = compared.at[combination, "rmse_change_pct"]
+            shown = f"{change:+.1f}" if math.isfinite(change) else "-"
+            cells += [shown, compared.at[combination, "better"]]
+        table.add_row(*cells)
+    console = _console()
+    console.print(table)
+    wins = result.summary.get("wins")
+    if wins:
+        first, second = models[0], models[1]
+        console.print(
+            f"{first} better than {second} in {wins[first]} of {wins['compared']} combinations "
+            f"(paper: PerM-MoE better in 11 of 15)"
+        )
+        bins = result.summary["mean_bin_change_pct"]
+        console.print(
+            "mean RMSE change per ΔCDR-SB bin: "
+            + ", ".join(
+                f"{name} {value:+.1f} %" if value is not None else f"{name} -"
+                for name, value in bins.items()
+            )
+        )
+    console.print(f"wrote [bold]{result.out}[/bold] (combinations.csv, combinations.png)")
 
 
 @app.command()
@@ -297,12 +470,19 @@ def models() -> None:
 def demo(
     out: Annotated[Path, typer.Option(help="Where the demo dataset and runs go.")] = DEMO_DIR,
     subjects: Annotated[int, typer.Option("--subjects", "-n", min=40)] = 600,
-    epochs: Annotated[int, typer.Option(min=1)] = 15,
+    epochs: Annotated[
+        int | None,
+        typer.Option(min=1, help="One epoch count for every model (default: the quick plan's)."),
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Parallel runs (default: the usable cores).")
+    ] = None,
 ) -> None:
-    """Synthesise the default cohort (if absent), train the baselines, print the leaderboard."""
+    """Synthesise the default cohort (if absent), run the quick benchmark plan (every model, one
+    seed), print the leaderboard and the path of report.html."""
     from adfuse.demo import run_demo
 
-    run_demo(out, subjects=subjects, epochs=epochs, console=_console())
+    run_demo(out, subjects=subjects, epochs=epochs, console=_console(), workers=workers)
 
 
 def _print_metrics(run_dir: Path) -> None:

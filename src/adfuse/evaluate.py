@@ -343,6 +343,9 @@ def efficiency(
     )
     out["train_seconds"] = train_seconds
     out["energy"] = energy
+    if neural and hasattr(model, "efficiency_report"):  # a model's own figures (per stage, ...)
+        with _inference(model, device):
+            out["model"] = model.efficiency_report(batch)
     return out
 
 

@@ -139,6 +139,10 @@ def open_session(dataset: Path, config: TrainConfig, run_dir: Path, cache_dir=No
         )
         for part in ("train", "val", "test")
     }
+    fit_statistics = getattr(model, "fit_statistics", None)
+    if fit_statistics is not None:  # a model's own training-split statistics (R-GenIMA's SNP QC)
+        fit_statistics(parts["train"])
+        splits.check_disjoint(split, model.fitted_on())
     return Session(cohort, task, split, model, **parts, preprocessor=preprocessor)
 
 
@@ -187,6 +191,8 @@ def _fit_locked(dataset: Path, config: TrainConfig, out: Path, cache_dir, progre
     session = open_session(dataset, config, out, cache_dir)
     _write_run_json(out, config, session, status="training")
     atomic_write_json(out / "preprocessing.json", session.preprocessor.state())
+    if hasattr(session.model, "statistics_report"):
+        atomic_write_json(out / "model_fitted.json", session.model.statistics_report())
     device = resolve_device(config.device)
     started = time.perf_counter()
     with EnergyMeter() as energy:
@@ -244,6 +250,7 @@ def _train_torch(session: Session, config: TrainConfig, out: Path, device, progr
         if stage_index < state.get("stage", 0):
             continue
         resuming_stage = stage_index == state.get("stage", -1) and "epoch" in state
+        model.begin_stage(stage, fresh=not resuming_stage)
         _set_trainable(model, stage)
         parameters = [p for p in model.parameters() if p.requires_grad]
         if not parameters:
@@ -274,7 +281,8 @@ def _train_torch(session: Session, config: TrainConfig, out: Path, device, progr
                 break
             seed = _derived_seed(config.seed, stage_index, epoch)
             torch.manual_seed(seed)
-            order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+            shuffled = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+            order = model.epoch_order(epoch, train.present, shuffled)
             started = time.perf_counter()
             model.train()
             losses = []
@@ -337,6 +345,7 @@ def _train_torch(session: Session, config: TrainConfig, out: Path, device, progr
             checkpoints, {"stage": stage_index + 1, "history": history, "model": model.state_dict()}
         )
         state = {}
+    model.begin_stage(None)
 
 
 # ----------------------------------------------------------------------------- reloading a run

@@ -16,7 +16,11 @@ from adfuse.errors import ConfigError
 
 _EXPLAINERS: dict[str, Callable] = {}
 # Modules whose import registers explainers (imported on first use).
-EXPLAINER_MODULES: tuple[str, ...] = ("adfuse.explain.attention",)
+EXPLAINER_MODULES: tuple[str, ...] = (
+    "adfuse.explain.attention",
+    "adfuse.explain.experts",
+    "adfuse.explain.rollout",
+)
 
 
 def explainer(*names: str) -> Callable:

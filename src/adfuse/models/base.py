@@ -122,6 +122,13 @@ class AdfuseModel(nn.Module):
         model) stay frozen, since the engine sets ``requires_grad`` from the stage's prefixes."""
         return [Stage("train", trainable_prefixes(self))]
 
+    def begin_stage(self, stage: Stage | None, fresh: bool = True) -> None:
+        """Called by the engine before each stage and with ``None`` once training is over (the
+        state every evaluation, reload and prediction uses); ``fresh`` is False when a killed
+        stage resumes with its weights restored. A model whose forward or loss differs per stage
+        (phases, rounds) switches here; one that must initialise stage parameters from earlier
+        stages does so only when ``fresh``. Default: nothing."""
+
     def task_loss(self, batch: Batch, out: torch.Tensor) -> torch.Tensor:
         if self.task_kind == "classification":
             weight = getattr(self, "class_weight", None)
@@ -134,6 +141,14 @@ class AdfuseModel(nn.Module):
     def auxiliary_losses(self) -> dict[str, float]:
         """The auxiliary terms of the last ``loss`` call, for logging (name -> value)."""
         return {}
+
+    def epoch_order(
+        self, epoch: int, present: dict[str, torch.Tensor], shuffled: torch.Tensor
+    ) -> torch.Tensor:
+        """The order of the training subjects in ``epoch`` (counted within its stage): the engine
+        passes its seeded shuffle ``shuffled`` and the training split's modality masks
+        ``present`` (``[n]`` per modality); a curriculum may reorder. Default: the shuffle."""
+        return shuffled
 
     def format_output(self, out: torch.Tensor) -> torch.Tensor:
         """[B, 1] regression outputs become [B]."""

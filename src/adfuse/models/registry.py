@@ -30,6 +30,10 @@ MODEL_MODULES = (
     "adfuse.models.acmca",
     "adfuse.models.smmt",
     "adfuse.models.threemt",
+    "adfuse.models.flexmoe",
+    "adfuse.models.permoe",
+    "adfuse.models.anchored",
+    "adfuse.models.rgenima",
 )
 PRESETS = ("cpu", "paper")
 

@@ -1,0 +1,363 @@
+"""R-GenIMA's mechanisms: SNP QC, SNP text, gene-order permutation, RiT, stages, absent modalities,
+a tiny Llama through a local path. (Rollout, stability and planted truth: tests/unit/test_rollout.py.)"""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from adfuse import models
+from adfuse.data.cohort import ModalitySpec
+from adfuse.models.layers import genetic_prompt as gp
+from adfuse.prepare import Batch, PrepareConfig
+from tests.models.conftest import make_spec, random_batch
+
+SNPS = ("rs429358", "rs7412", "rs744373", "rs11136000", "rs3851179", "rs6656401")
+GROUPS = {
+    "APOE": ("rs429358", "rs7412"),
+    "BIN1": ("rs744373",),
+    "CLU": ("rs11136000",),
+    "PICALM": ("rs3851179",),
+    "CR1": ("rs6656401",),
+}
+PREPARE = PrepareConfig(roi_size=4)
+
+
+def spec_with_genes() -> dict[str, ModalitySpec]:
+    spec = make_spec()
+    spec["genotype"] = ModalitySpec("genotype", "genotype", (len(SNPS),), SNPS, groups=GROUPS)
+    return {m: spec[m] for m in ("genotype", "t1")}
+
+
+def build(task: str = "diagnosis", seed: int = 0, **overrides) -> models.base.AdfuseModel:
+    torch.manual_seed(seed)
+    settings = {"roi_size": 4, "dim": 16, "max_text_tokens": 200, "snps_per_gene": None}
+    return models.create(
+        "rgenima", spec_with_genes(), task, prepare=PREPARE, **(settings | overrides)
+    )
+
+
+# ----------------------------------------------------------------------------- SNP QC
+def hwe_by_enumeration(n_het: int, n_hom1: int, n_hom2: int) -> float:
+    """The exact test from its definition: P(het | n, rare allele count) for every het count."""
+    n = n_het + n_hom1 + n_hom2
+    rare = 2 * min(n_hom1, n_hom2) + n_het
+
+    def probability(het: int) -> float:
+        hom_rare, hom_common = (rare - het) // 2, n - het - (rare - het) // 2
+        ways = math.factorial(n) / (
+            math.factorial(hom_rare) * math.factorial(het) * math.factorial(hom_common)
+        )
+        return (
+            ways
+            * 2**het
+            * math.factorial(rare)
+            * math.factorial(2 * n - rare)
+            / math.factorial(2 * n)
+        )
+
+    values = [probability(h) for h in range(rare % 2, min(rare, 2 * n - rare) + 1, 2)]
+    observed = probability(n_het)
+    return sum(v for v in values if v <= observed * (1 + 1e-9))
+
+
+def test_hwe_exact_test_against_hand_computed_values():
+    # one AA and one BB, no heterozygote: P(het=0) = 1/3, P(het=2) = 2/3 (by hand)
+    assert gp.hwe_exact_p(0, 1, 1) == pytest.approx(1 / 3)
+    assert gp.hwe_exact_p(2, 0, 0) == pytest.approx(1.0)
+    for counts in [(1, 8, 1), (5, 3, 2), (0, 10, 10), (12, 30, 8), (3, 0, 40)]:
+        assert gp.hwe_exact_p(*counts) == pytest.approx(hwe_by_enumeration(*counts), rel=1e-9)
+
+
+def test_snp_qc_maf_and_hwe_thresholds():
+    nan = np.nan
+    balanced = [0.0] * 25 + [1.0] * 50 + [2.0] * 25  # p = 0.5, in equilibrium
+    dosages = np.array(
+        [
+            balanced,
+            [0.0] * 96 + [1.0] * 4,  # MAF = 4 / 200 = 0.02: fails MAF
+            [0.0] * 50 + [2.0] * 50,  # no heterozygote at p = 0.5: fails HWE
+            [2.0] * 100,  # monomorphic for allele 1: MAF 0
+            [0.0, 1.0, 2.0, nan] + balanced[4:],  # a missing call is not counted
+        ]
+    ).T
+    qc = gp.snp_qc(dosages, maf_min=0.05, hwe_p_min=1e-6)
+    assert qc.maf[:4] == pytest.approx([0.5, 0.02, 0.5, 0.0])
+    assert qc.called.tolist() == [100, 100, 100, 100, 99]
+    assert qc.hwe_p[2] < 1e-20 and qc.hwe_p[0] > 0.5
+    assert qc.keep.tolist() == [True, False, False, False, True]
+    assert qc.counts() == {"snps": 5, "fail_maf": 2, "fail_hwe": 1, "fail_both": 0, "pass": 2}
+
+
+def test_genotype_codes_invert_the_standardisation_and_find_imputed_calls():
+    mean, scale = torch.tensor([0.5, 1.2]), torch.tensor([0.5, 0.8])
+    dosage = torch.tensor([[0.0, 2.0], [1.0, 1.0], [0.5, 0.0]])  # last row: SNP 0 imputed (= mean)
+    z = (dosage - mean) / scale
+    z[2, 0] = 0.0
+    assert gp.genotype_codes(z, mean, scale).tolist() == [[0, 2], [1, 1], [gp.MISSING, 0]]
+
+
+# ----------------------------------------------------------------------------- SNP text
+def test_serialisation_format():
+    text = gp.serialise([("APOE", [("rs429358", 1), ("rs7412", 0)]), ("BIN1", [("rs744373", 3)])])
+    assert text == "APOE: rs429358 0/1, rs7412 0/0; BIN1: rs744373 ./.;"
+
+
+def test_prompt_ids_are_the_tokenised_text():
+    from adfuse.models.text import load_tokenizer
+
+    tokenizer = load_tokenizer()
+    members = gp.gene_groups(SNPS, GROUPS)
+    prompt = gp.GeneticPrompt(tokenizer, list(GROUPS), SNPS, members)
+    keep = np.array([True, True, False, True, True, False])
+    prompt.build(keep)
+    codes = torch.tensor([[0, 1, 2, 3, 2, 1], [2, 2, 0, 0, 1, 0]])
+    ids, genes = prompt.ids(codes)
+    for row, sample in enumerate(codes.tolist()):
+        listed = [
+            (gene, [(s, sample[SNPS.index(s)]) for s in snps if keep[SNPS.index(s)]])
+            for gene, snps in GROUPS.items()
+        ]
+        text = gp.serialise([(g, s) for g, s in listed if s])
+        assert ids[row].tolist() == tokenizer(text, add_special_tokens=False)["input_ids"]
+    names = [list(GROUPS)[g] for g in genes[0].unique_consecutive().tolist()]
+    assert names == ["APOE", "CLU", "PICALM"]  # BIN1 and CR1 have no kept SNP
+
+
+def test_gene_order_permutation_moves_whole_gene_blocks():
+    from adfuse.models.text import load_tokenizer
+
+    tokenizer = load_tokenizer()
+    prompt = gp.GeneticPrompt(tokenizer, list(GROUPS), SNPS, gp.gene_groups(SNPS, GROUPS))
+    prompt.build(np.ones(len(SNPS), dtype=bool))
+    codes = torch.tensor([[0, 1, 2, 1, 0, 2]])
+    order = [4, 2, 0, 3, 1]
+    ids, genes = prompt.ids(codes, [order])
+    listed = [
+        (g, [(s, codes[0, SNPS.index(s)].item()) for s in snps]) for g, snps in GROUPS.items()
+    ]
+    text = gp.serialise([listed[i] for i in order])
+    assert ids[0].tolist() == tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert genes[0].unique_consecutive().tolist() == order
+
+    model = build()
+    batch = random_batch(model, n=3, seed=1, present="all")
+    model.eval()
+    first, _ = model.genetic_tokens(batch)
+    torch.testing.assert_close(model.genetic_tokens(batch)[0], first)  # eval: fixed order
+    model.train()
+    torch.manual_seed(0)
+    shuffled, shuffled_genes = model.genetic_tokens(batch)
+    assert not torch.equal(shuffled, first)
+    # the same tokens, in another order of whole gene blocks
+    assert torch.equal(shuffled.sum(dim=1), first.sum(dim=1)) or torch.allclose(
+        shuffled.sum(dim=1), first.sum(dim=1), atol=1e-4
+    )
+    assert (
+        shuffled_genes.sort(dim=1).values.tolist()
+        == model.genetic_tokens(batch)[1].sort(dim=1).values.tolist()
+    )
+    fixed = build(permute_genes=False).train()
+    fixed_first, _ = fixed.eval().genetic_tokens(batch)
+    torch.testing.assert_close(fixed.train().genetic_tokens(batch)[0], fixed_first)
+
+
+def test_qc_and_snp_choice_are_fitted_on_the_training_split():
+    model = build(snps_per_gene=1, maf_min=0.05)
+    rng = np.random.default_rng(0)
+    n = 60
+    target = torch.tensor(rng.integers(0, 3, n))
+    dosages = rng.integers(0, 3, (n, len(SNPS))).astype(np.float64)
+    dosages[:, 5] = 0  # monomorphic: fails MAF
+    dosages[:, 0] = target.numpy().clip(0, 2)  # APOE's first SNP follows the target
+    mean, scale = dosages.mean(0), np.where(dosages.std(0) > 0, dosages.std(0), 1.0)
+    inputs = {
+        "genotype": torch.tensor((dosages - mean) / scale, dtype=torch.float32),
+        "t1": torch.zeros(n, *model.input_shape("t1")),
+    }
+    present = {"genotype": torch.ones(n, dtype=torch.bool), "t1": torch.ones(n, dtype=torch.bool)}
+    ids = [f"S{i}" for i in range(n)]
+    train = SimpleNamespace(
+        preprocessor=SimpleNamespace(scalers={"genotype": SimpleNamespace(mean=mean, scale=scale)}),
+        batch=lambda: Batch(inputs, present, target, ids),
+    )
+    model.fit_statistics(train)
+    assert model.fitted_on() == {"rgenima SNP QC": ids}
+    report = model.statistics_report()
+    assert report["snp_qc"]["fail_maf"] == 1 and report["snp_qc"]["pass"] == 5
+    kept = [SNPS[i] for i in np.flatnonzero(model.snp_keep.numpy())]
+    assert "rs6656401" not in kept  # failed QC
+    assert "rs429358" in kept and "rs7412" not in kept  # APOE: its most associated SNP only
+    assert model.snp_score[0] > model.snp_score[1:].max()
+
+
+# ----------------------------------------------------------------------------- RiT and the stages
+def test_rit_patch_is_a_conv_whose_kernel_spans_the_crop():
+    model = build()
+    patch = model.image_encoder.patch
+    size = 4
+    conv = torch.nn.Conv3d(1, patch.projection.out_features, kernel_size=size)
+    with torch.no_grad():
+        conv.weight.copy_(patch.projection.weight.view(-1, 1, size, size, size))
+        conv.bias.copy_(patch.projection.bias)
+    crops = torch.randn(2, 5, size, size, size)
+    by_conv = conv(crops.view(10, 1, size, size, size)).view(2, 5, -1)
+    by_linear = patch.projection(crops.flatten(2))
+    torch.testing.assert_close(by_linear, by_conv, rtol=1e-5, atol=1e-5)
+    assert model.image_encoder(crops).shape == (2, 5, 16)  # one token per region
+
+
+def test_stage_one_trains_rit_on_the_task_then_stage_two_keeps_it_frozen():
+    model = build()
+    image, fusion = model.stages()
+    assert image.name == "image" and set(image.trainable) == {"image_encoder.", "image_head."}
+    names = [n for n, _ in model.named_parameters()]
+    assert not any(fusion.applies_to(n) for n in names if n.startswith("image_"))
+    assert any(fusion.applies_to(n) for n in names if n.startswith("connector"))
+
+    batch = random_batch(model, n=4, seed=2)
+    model.begin_stage(image)
+    model.eval()
+    with torch.no_grad():
+        out = model(batch)
+        tokens = model.image_encoder(batch.inputs["t1"])
+        expected = model.image_head(tokens.mean(dim=1))
+    here = batch.present["t1"]
+    torch.testing.assert_close(out[here], expected[here])  # stage 1: RiT's own head
+    assert torch.equal(out[~here], torch.zeros_like(out[~here]))
+
+    model.begin_stage(fusion)
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(fusion.applies_to(name))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    model.train()
+    batch = random_batch(model, n=4, seed=3, present="all")
+    model.loss(batch, model(batch)).backward()
+    optimizer.step()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert not any(n.startswith("image_") for n in changed)
+    assert any(n.startswith("connector") for n in changed) and any(
+        n.startswith("lm.") for n in changed
+    )
+
+
+def test_the_fused_path_never_sends_gradient_into_rit():
+    model = build()
+    model.train()
+    batch = random_batch(model, n=4, seed=4, present="all")
+    out = model(batch)
+    torch.nn.functional.cross_entropy(out, batch.target).backward()
+    assert all(p.grad is None for p in model.image_encoder.parameters())
+    assert model.connector.weight.grad is not None
+
+
+# ----------------------------------------------------------------------------- absent modalities
+def test_subjects_with_only_snps_only_t1_or_both():
+    model = build().eval()
+    batch = random_batch(model, n=4, seed=5, present="all")
+    batch.present["t1"] = torch.tensor([True, False, True, False])
+    batch.present["genotype"] = torch.tensor([True, True, False, False])
+    image_tokens, image_present = model.image_tokens(batch)
+    with torch.no_grad():
+        _, mask, region, gene = model.sequence(
+            batch, image_tokens, image_present, batch.present["genotype"]
+        )
+        out = model(batch)
+    text = model.prompt.length
+    n_regions = len(make_spec()["t1"].feature_names)
+    assert mask.sum(dim=1).tolist() == [2 + n_regions + text, 2 + text, 2 + n_regions, 2]
+    assert ((region >= 0) & mask).sum(dim=1).tolist() == [n_regions, 0, n_regions, 0]
+    assert ((gene >= 0) & mask).sum(dim=1).tolist() == [text, text, 0, 0]
+    assert torch.isfinite(out).all()
+
+
+def test_mixture_withholds_t1_from_half_and_paired_counts_only_pairs():
+    model = build(training_data="mixture").train()
+    batch = random_batch(model, n=8, seed=6, present="all")
+    present = torch.ones(8, dtype=torch.bool)
+    image, counted = model._training_view(batch, present.clone(), present.clone())
+    assert counted.all() and int(image.sum()) == 4
+    model = build(training_data="paired").train()
+    image_present = torch.tensor([True, True, False, False] * 2)
+    genes = torch.tensor([True, False, True, False] * 2)
+    _, counted = model._training_view(batch, image_present, genes)
+    assert counted.tolist() == [True, False, False, False] * 2
+    gene_only = build(training_data="gene_only")
+    assert gene_only.modalities == ["genotype"] and [s.name for s in gene_only.stages()] == [
+        "fusion"
+    ]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"genetic_encoder": "mlp"},
+        {"fusion": "concat"},
+        {"image_encoder": "cnn", "roi_size": None},
+        {"lm_training": "lora", "lora_rank": 2},
+    ],
+    ids=["snp-mlp", "late-fusion", "whole-brain-cnn", "lora"],
+)
+def test_baseline_switches_build_train_and_keep_absent_modalities_out(overrides):
+    model = build(**overrides)
+    model.train()
+    batch = random_batch(model, n=4, seed=7)
+    loss = model.loss(batch, model(batch))
+    loss.backward()
+    assert torch.isfinite(loss)
+    model.eval()
+    with torch.no_grad():
+        reference = model(batch)
+        noisy = Batch(
+            {
+                m: torch.where(_here(batch, m, x), x, torch.randn_like(x) * 5)
+                for m, x in batch.inputs.items()
+            },
+            batch.present,
+            batch.target,
+            batch.ids,
+        )
+        torch.testing.assert_close(model(noisy), reference, rtol=0, atol=0)
+    if overrides.get("lm_training") == "lora":
+        trainable = [
+            n for n, p in model.named_parameters() if p.requires_grad and n.startswith("lm.")
+        ]
+        assert trainable and all("lora_" in n for n in trainable)
+
+
+def _here(batch, modality, x):
+    return batch.present[modality].view(-1, *[1] * (x.dim() - 1))
+
+
+def test_tiny_llama_through_a_local_path(tmp_path):
+    import transformers
+
+    from adfuse.models.text import load_tokenizer
+
+    tokenizer = load_tokenizer()
+    config = transformers.LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    transformers.LlamaModel(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    model = build(lm_path=str(tmp_path), lm_layers=None, lm_training="lora", lora_rank=2)
+    assert type(model.lm.get_base_model()).__name__ == "LlamaModel"
+    model.train()
+    batch = random_batch(model, n=3, seed=8, present="all")
+    model.loss(batch, model(batch)).backward()
+    layout = model.attention_layout(batch)
+    assert len(layout["attentions"]) == 2
+    assert layout["attentions"][0].shape[-1] == layout["mask"].shape[1]
