@@ -467,6 +467,48 @@ def models() -> None:
 
 
 @app.command()
+def benchmark(
+    dataset: Annotated[Path, typer.Argument(help="A dataset folder.")],
+    plan: Annotated[
+        str, typer.Option(help="A preset (quick, paper) or a .toml/.yaml plan file.")
+    ] = "quick",
+    out: Annotated[
+        Path | None, typer.Option(help="Benchmark folder (default benchmark/<plan name>).")
+    ] = None,
+    backend: Annotated[str, typer.Option(help="local (a process pool) or ray.")] = "local",
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster HOST:PORT (default: start a local Ray).")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Parallel runs (default: the usable cores).")
+    ] = None,
+    preset: Annotated[
+        str | None, typer.Option(help="Override the plan's model preset: cpu or paper.")
+    ] = None,
+    cache: Annotated[Path | None, typer.Option(help="Preprocessing cache folder.")] = None,
+) -> None:
+    """Run a plan (models x tasks x seeds x fractions), resumably; write leaderboard.csv,
+    claims.csv and report.html."""
+    from adfuse.bench import load_plan, print_summary, run_benchmark
+
+    chosen = load_plan(plan)
+    folder = out or Path("benchmark") / chosen.name
+    console = _console()
+    result = run_benchmark(
+        dataset,
+        chosen,
+        folder,
+        backend=backend,
+        workers=workers,
+        address=address,
+        cache_dir=cache,
+        preset=preset,
+        console=console,
+    )
+    print_summary(result, console)
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Where the demo dataset and runs go.")] = DEMO_DIR,
     subjects: Annotated[int, typer.Option("--subjects", "-n", min=40)] = 600,
