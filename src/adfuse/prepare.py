@@ -111,6 +111,9 @@ class Batch:
     target: torch.Tensor
     ids: list[str]
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    # (dataset, item indices) when collated from one CohortDataset: lets a model whose views
+    # differ from the dataset's (slices, ROI crops) re-prepare the same subjects its own way
+    source: tuple[CohortDataset, list[int]] | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -122,6 +125,7 @@ class Batch:
             target=self.target.to(device),
             ids=list(self.ids),
             extras={k: v.to(device) for k, v in self.extras.items()},
+            source=self.source,
         )
 
     def without(self, modalities: set[str] | list[str]) -> Batch:
@@ -131,7 +135,7 @@ class Batch:
             if modality in inputs:
                 inputs[modality] = torch.zeros_like(inputs[modality])
                 present[modality] = torch.zeros_like(present[modality])
-        return Batch(inputs, present, self.target, list(self.ids), dict(self.extras))
+        return Batch(inputs, present, self.target, list(self.ids), dict(self.extras), self.source)
 
     def select(self, index: torch.Tensor | list[int]) -> Batch:
         index = torch.as_tensor(index, dtype=torch.long)
@@ -141,6 +145,9 @@ class Batch:
             target=self.target[index],
             ids=[self.ids[i] for i in index.tolist()],
             extras={k: v[index] for k, v in self.extras.items()},
+            source=None
+            if self.source is None
+            else (self.source[0], [self.source[1][i] for i in index.tolist()]),
         )
 
 
@@ -155,7 +162,15 @@ def collate(items: list[dict]) -> Batch:
         },
         target=torch.stack([item["target"] for item in items]),
         ids=[item["id"] for item in items],
+        source=_common_source(items),
     )
+
+
+def _common_source(items: list[dict]) -> tuple[CohortDataset, list[int]] | None:
+    sources = [item.get("source") for item in items]
+    if any(s is None for s in sources) or any(s[0] is not sources[0][0] for s in sources):
+        return None
+    return sources[0][0], [index for _, index in sources]
 
 
 # ----------------------------------------------------------------------------- fitted statistics
@@ -444,6 +459,7 @@ class CohortDataset(torch.utils.data.Dataset):
         ``absent`` names modalities the cohort lacks entirely, with their input shape."""
         self.cohort, self.task, self.ids = cohort, task, list(ids)
         self.modalities, self.preprocessor, self.config = modalities, preprocessor, config
+        self.cache_dir, self.labelled, self.absent = Path(cache_dir), labelled, dict(absent or {})
         targets = task.targets(cohort)
         missing = [i for i in self.ids if i not in targets.index]
         if missing and labelled:
@@ -566,7 +582,37 @@ class CohortDataset(torch.utils.data.Dataset):
             if layout.KINDS[modality] == "text":
                 tensor = tensor.long()
             inputs[modality], present[modality] = tensor, here
-        return {"id": subject, "inputs": inputs, "present": present, "target": self.targets[index]}
+        return {
+            "id": subject,
+            "inputs": inputs,
+            "present": present,
+            "target": self.targets[index],
+            "source": (self, index),
+        }
+
+    def with_config(
+        self, config: PrepareConfig, absent: dict[str, tuple[int, ...]] | None = None
+    ) -> CohortDataset:
+        """The same subjects, modalities and fitted statistics prepared with ``config`` (another
+        model's views; ``absent``: the input shapes, in those views, of the modalities the cohort
+        lacks); built once per config and kept."""
+        if config == self.config:
+            return self
+        key = config.model_dump_json()
+        variants = self.__dict__.setdefault("_variants", {})
+        if key not in variants:
+            variants[key] = CohortDataset(
+                self.cohort,
+                self.task,
+                self.ids,
+                self.modalities,
+                self.preprocessor,
+                config,
+                self.cache_dir,
+                labelled=self.labelled,
+                absent={**self.absent, **(absent or {})},
+            )
+        return variants[key]
 
     def batch(self, indices: list[int] | None = None) -> Batch:
         indices = range(len(self)) if indices is None else indices

@@ -98,6 +98,7 @@ class AdfuseModel(nn.Module):
         self.n_classes = len(task.classes) if task.kind == "classification" else 0
         self.modalities = list(modalities)
         self.config = config
+        self.register_forward_pre_hook(_conform_inputs)
 
     @property
     def out_dim(self) -> int:
@@ -153,3 +154,44 @@ class AdfuseModel(nn.Module):
     def format_output(self, out: torch.Tensor) -> torch.Tensor:
         """[B, 1] regression outputs become [B]."""
         return out.squeeze(-1) if self.task_kind == "regression" else out
+
+
+def _conform_inputs(model: AdfuseModel, args: tuple) -> tuple | None:
+    """Forward pre-hook: a batch prepared in other views than the model's (``prepare.dataset``
+    with its defaults: volumes where ACMCA wants slices, R-GenIMA ROI crops) is re-prepared from
+    its source dataset in the model's views, with the same fitted statistics. The engine always
+    builds the model's own views, so there this only compares shapes."""
+    from adfuse.errors import ConfigError
+
+    batch = args[0] if args else None
+    inputs = getattr(batch, "inputs", None)
+    if not inputs:
+        return None
+    wrong = [
+        m
+        for m in model.modalities
+        if m in inputs and tuple(inputs[m].shape[1:]) != tuple(model.input_shape(m))
+    ]
+    if not wrong:
+        return None
+    if batch.source is None:
+        m = wrong[0]
+        raise ConfigError(
+            f"{model.name or type(model).__name__}: {m} input of shape "
+            f"{list(inputs[m].shape[1:])}, expected {list(model.input_shape(m))} "
+            f"(view '{model.views().get(m, 'default')}'); build the data with "
+            "adfuse.prepare.dataset(..., config=model.prepare_config())"
+        )
+    dataset, indices = batch.source
+    absent = {m: model.input_shape(m) for m in dataset.absent if m in model.spec}
+    conformed = dataset.with_config(model.prepare_config(), absent).batch(indices)
+    for m, here in batch.present.items():  # what the caller withheld stays withheld
+        if m in conformed.present:
+            keep = conformed.present[m] & here.cpu()
+            shape = (-1,) + (1,) * (conformed.inputs[m].dim() - 1)
+            conformed.inputs[m] = conformed.inputs[m] * keep.view(shape).to(
+                conformed.inputs[m].dtype
+            )
+            conformed.present[m] = keep
+    device = next(iter(inputs.values())).device
+    return (conformed.to(device), *args[1:])
