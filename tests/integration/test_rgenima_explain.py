@@ -53,7 +53,15 @@ def test_explain_writes_rollout_stability_enrichment_and_planted_truth(run):
     assert stability == sorted(stability, reverse=True)
     assert 0 <= summary["enrichment"]["p_value"] <= 1
     truth = summary["planted_truth"]
-    assert truth["causal_genes"] and truth["regions_affected"]["n_truth"] > 0
+    assert truth["causal_genes"] and truth["regions_affected"]["attention"]["n_truth"] > 0
     # the genes in the text (chosen on the training split) hold more causal genes than chance
     chosen = truth["genes_chosen_for_text"]
     assert chosen["recall"] > chosen["random"]
+    # every ranking is scored against the truth, beside a random ranking
+    assert set(truth["genes"]) == {"attention", "attribution", "association"}
+    assert set(truth["regions_earliest"]) == {"attention", "attribution"}
+    for table in truth["regions_affected"].values():
+        assert table["n_truth"] == 48 and table["recall@10"]["random"] == 10 / 83
+    with open(folder / "genes.csv") as handle:
+        header = next(csv.reader(handle))
+    assert header == ["rank", "gene", "attention", "attribution", "association"]

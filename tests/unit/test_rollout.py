@@ -77,24 +77,34 @@ TRUTH = {
 def test_planted_truth_recall_against_a_random_ranking():
     genes = ["APOE", "BIN1", "GAPDH", "ACTB", "TBP"]
     regions = ["lh-hippocampus", "lh-cuneus", "rh-hippocampus", "lh-precuneus", "lh-insula"]
+    rankings = {
+        "attention": {
+            "genes": ["APOE", "GAPDH", "BIN1"],
+            "regions": [
+                "lh-hippocampus",
+                "rh-hippocampus",
+                "lh-cuneus",
+                "lh-insula",
+                "lh-precuneus",
+            ],
+        },
+        "association": {"genes": ["GAPDH", "ACTB", "APOE"]},
+    }
     result = ro.planted_truth(
-        TRUTH,
-        gene_ranking=["APOE", "GAPDH", "BIN1"],
-        region_ranking=[
-            "lh-hippocampus",
-            "rh-hippocampus",
-            "lh-cuneus",
-            "lh-insula",
-            "lh-precuneus",
-        ],
-        genes=genes,
-        regions=regions,
-        in_text=["APOE", "GAPDH", "BIN1"],
+        TRUTH, rankings, genes=genes, regions=regions, in_text=["APOE", "GAPDH", "BIN1"]
     )
     assert result["causal_genes"] == ["APOE", "BIN1"]
-    assert result["genes"]["recall@2"] == {"model": 0.5, "random": 2 / 5}
-    assert result["regions_earliest"]["recall@2"] == {"model": 1.0, "random": 2 / 5}
-    assert result["regions_affected"]["recall@3"]["model"] == pytest.approx(2 / 3)
-    assert result["regions_affected"]["recall@5"]["model"] == 1.0
+    assert result["genes"]["attention"]["recall@2"] == {"model": 0.5, "random": 2 / 5}
+    assert result["genes"]["association"]["recall@2"]["model"] == 0.0
+    assert set(result["regions_earliest"]) == {"attention"}  # association ranks genes only
+    assert result["regions_earliest"]["attention"]["recall@2"] == {"model": 1.0, "random": 2 / 5}
+    assert result["regions_affected"]["attention"]["recall@3"]["model"] == pytest.approx(2 / 3)
+    assert result["regions_affected"]["attention"]["recall@5"]["model"] == 1.0
     assert result["genes_chosen_for_text"]["recall"] == 1.0
     assert ro.recall_at_k(["a", "b", "c"], {"c"}, 2) == 0.0
+
+
+def test_token_sums_add_the_tokens_of_each_gene_or_region():
+    values = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    index = torch.tensor([[0, -1, 0, 1]])
+    torch.testing.assert_close(ro.token_sums(values, index, 3), torch.tensor([[4.0, 4.0, 0.0]]))

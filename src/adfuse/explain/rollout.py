@@ -12,10 +12,16 @@
 4. **Enrichment**: Fisher's exact test (one-sided) of the top ``top_genes`` genes by attention against
    the GWAS AD-locus list shipped in ``adfuse/resources/gwas_ad_loci.tsv``; the universe is every
    annotated gene of the dataset.
-5. **Planted truth** (synthetic cohorts, ``truth.json``): recall@k of the causal genes and of the
-   atrophy regions among the top-ranked ones, beside the recall of a random ranking (k / N). The
-   genes written in the text were chosen by training-split association when the text budget is
-   smaller than the panel, so the genes' recall is reported for that choice alone as well.
+5. **Attribution** (not in the paper; ``RGenIMA.attribution``): gradient x input of each token
+   against genotypes written 0/0 and regions at the cohort's mean RiT token; per gene (region) the
+   mean over subjects of |sum over its tokens|. Attention says where information flows, this what
+   the prediction depends on.
+6. **Planted truth** (synthetic cohorts, ``truth.json``): recall@k of the causal genes and of the
+   atrophy regions (all stages, and the earliest stage) among the top-ranked ones, for the
+   attention ranking (the paper's), the attribution ranking, and for genes the training-split
+   association of each gene's SNP in the text (the data's own univariate answer), beside the
+   recall of a random ranking (k / N). With the generator's default effect sizes (0.05-0.12 SD per
+   allele) only APOE is detectable in a few hundred subjects, by any method.
 
 Writes, atomically, into the explain folder: ``roi_gene.npy`` ([subjects, regions, genes]),
 ``subjects.csv``, ``pairs.csv``, ``genes.csv``, ``regions.csv``, ``enrichment.json``,
@@ -159,7 +165,9 @@ def rgenima_rollout(
         raise ConfigError("rgenima explain: needs a run with T1 through RiT and SNPs")
     regions = list(model.spec[model.image_modality].feature_names)
     genes = list(model.gene_names)
-    matrices, ids, labels = _collect(session, model, len(regions), len(genes), batch_size)
+    matrices, ids, labels, gene_attribution, region_attribution = _collect(
+        session, model, len(regions), len(genes), batch_size
+    )
     if not len(ids):
         raise ConfigError("rgenima explain: no subject has both T1 and SNPs")
     listed = np.flatnonzero(~np.isnan(matrices[0]).all(axis=0))  # genes written in the text
@@ -214,25 +222,36 @@ def rgenima_rollout(
     gene_ranking = [genes[listed[g]] for g in np.argsort(-gene_score, kind="stable")]
     region_score = overall.mean(axis=1)
     region_ranking = [regions[r] for r in np.argsort(-region_score, kind="stable")]
+    gene_effect = np.abs(gene_attribution[:, listed]).mean(axis=0)
+    region_effect = np.abs(region_attribution).mean(axis=0)
+    association = _association(listed, model)
     _write_csv(
         out_dir / "genes.csv",
-        ["rank", "gene", "attention", "selection_score"],
+        ["rank", "gene", "attention", "attribution", "association"],
         [
-            [rank, *row]
-            for rank, row in enumerate(
-                _gene_rows(gene_ranking, gene_score, listed, genes, model), start=1
-            )
+            [rank, genes[listed[g]], gene_score[g], gene_effect[g], association[g]]
+            for rank, g in enumerate(np.argsort(-gene_score, kind="stable"), start=1)
         ],
     )
     _write_csv(
         out_dir / "regions.csv",
-        ["rank", "region", *groups],
+        ["rank", "region", "attribution", *groups],
         [
-            [rank, regions[r], *(per_group[g].mean(axis=1)[r] for g in groups)]
+            [rank, regions[r], region_effect[r], *(per_group[g].mean(axis=1)[r] for g in groups)]
             for rank, r in enumerate(np.argsort(-region_score, kind="stable"), start=1)
         ],
     )
     files += ["genes.csv", "regions.csv"]
+    rankings = {
+        "attention": {"genes": gene_ranking, "regions": region_ranking},
+        "attribution": {
+            "genes": [genes[listed[g]] for g in np.argsort(-gene_effect, kind="stable")],
+            "regions": [regions[r] for r in np.argsort(-region_effect, kind="stable")],
+        },
+        "association": {
+            "genes": [genes[listed[g]] for g in np.argsort(-association, kind="stable")]
+        },
+    }
 
     universe = {g for g in genes if g != "unannotated"}
     enriched = enrichment(set(gene_ranking[:top_genes]), gwas_genes(), universe)
@@ -247,6 +266,8 @@ def rgenima_rollout(
         "genes_in_text": [genes[g] for g in listed],
         "top_genes": gene_ranking[:top_genes],
         "top_regions": region_ranking[:10],
+        "top_genes_attribution": rankings["attribution"]["genes"][:top_genes],
+        "top_regions_attribution": rankings["attribution"]["regions"][:10],
         "n_boot": n_boot,
         "enrichment": {k: enriched[k] for k in ("odds_ratio", "p_value", "table")},
         "snp_qc": model.statistics_report().get("snp_qc", {}),
@@ -254,12 +275,7 @@ def rgenima_rollout(
     truth_path = Path(session.cohort.root) / "truth.json"
     if truth_path.exists():
         truth = planted_truth(
-            json.loads(truth_path.read_text()),
-            gene_ranking,
-            region_ranking,
-            genes,
-            regions,
-            [genes[g] for g in listed],
+            json.loads(truth_path.read_text()), rankings, genes, regions, [genes[g] for g in listed]
         )
         atomic_write_json(out_dir / "planted_truth.json", truth)
         files.append("planted_truth.json")
@@ -269,8 +285,9 @@ def rgenima_rollout(
     return summary
 
 
-def planted_truth(truth: dict, gene_ranking, region_ranking, genes, regions, in_text) -> dict:
-    """recall@k of the causal genes and the atrophy regions, and a random ranking's k / N."""
+def planted_truth(truth: dict, rankings: dict, genes, regions, in_text) -> dict:
+    """recall@k of the causal genes and the atrophy regions for each ranking (``rankings[name]``
+    holds a "genes" and/or a "regions" list, best first), beside a random ranking's k / N."""
     causal = {row["gene"] for row in truth["genetics"]["causal_snps"]} & set(genes)
     stages = truth["regions"]["atrophy_stages"]
     affected = {r for stage in stages for r in stage["regions"]} & set(regions)
@@ -287,51 +304,90 @@ def planted_truth(truth: dict, gene_ranking, region_ranking, genes, regions, in_
             for k in ks
         } | {"n_truth": len(items), "n_candidates": n_candidates}
 
+    def tables(kind: str, items: set[str], n_candidates: int) -> dict:
+        return {
+            name: table(ranked[kind], items, n_candidates)
+            for name, ranked in rankings.items()
+            if kind in ranked
+        }
+
     text_choice = len(causal & set(in_text)) / len(causal) if causal else float("nan")
     return {
         "causal_genes": sorted(causal),
-        "genes": table(gene_ranking, causal, n_genes),
+        "genes": tables("genes", causal, n_genes),
         "genes_chosen_for_text": {
             "recall": text_choice,
             "random": len(in_text) / n_genes,
-            "note": "the text's SNPs were chosen by training-split association; the ranking "
-            "recall above includes that choice",
+            "note": "genes without a QC-passing SNP, or beyond the text budget (SNPs kept by "
+            "training-split association), are not in the text and rank last",
         },
-        "regions_affected": table(region_ranking, affected, len(regions)),
-        "regions_earliest": table(region_ranking, earliest, len(regions)),
+        "regions_affected": tables("regions", affected, len(regions)),
+        "regions_earliest": tables("regions", earliest, len(regions)),
     }
 
 
-def _gene_rows(gene_ranking, gene_score, listed, genes, model):
-    score_of = {genes[listed[g]]: float(gene_score[g]) for g in range(len(listed))}
-    selection = model.snp_score.numpy()
-    best = {
-        genes[g]: float(selection[m].max()) if len(m) else 0.0 for g, m in enumerate(model.members)
-    }
-    for gene in gene_ranking:
-        yield gene, score_of[gene], best[gene]
+def _association(listed, model) -> np.ndarray:
+    """Per gene in the text: the training-split -log10 p of its strongest SNP in the text (the
+    data's own univariate answer, a reference for the model's rankings)."""
+    scores = model.snp_score.numpy()
+    keep = model.snp_keep.numpy()
+    return np.array(
+        [max((scores[i] for i in model.members[g] if keep[i]), default=0.0) for g in listed]
+    )
+
+
+def token_sums(values, index, n: int):
+    """``values [B, L]`` summed per index ``[B, L]`` (-1: none) -> ``[B, n]``."""
+    import torch
+
+    one_hot = torch.nn.functional.one_hot(index.clamp(min=0), n).to(values.dtype)
+    return torch.einsum("bl,bln->bn", values * (index >= 0), one_hot)
 
 
 def _collect(session, model, n_regions: int, n_genes: int, batch_size: int):
-    """ROI x gene matrices of every labelled subject (train, val, test) with T1 and SNPs."""
+    """Per labelled subject (train, val, test) with T1 and SNPs: the ROI x gene rollout matrix
+    and the attribution of each gene's and region's tokens (``RGenIMA.attribution``, against
+    genotypes 0/0 and the cohort's mean RiT token per region)."""
     import torch
 
     device = next(model.parameters()).device
-    matrices, ids, labels = [], [], []
+    batches = []
     for dataset in (session.train, session.val, session.test):
         columns = [dataset.modalities.index(m) for m in (model.image_modality, "genotype")]
         both = np.flatnonzero(dataset.available[:, columns].all(axis=1))
-        for start in range(0, len(both), batch_size):
-            batch = dataset.batch(both[start : start + batch_size].tolist()).to(device)
-            layout = model.attention_layout(batch)
-            rollout = attention_rollout(layout["attentions"], layout["mask"])
-            matrix = roi_gene_matrix(rollout, layout["region"], layout["gene"], n_regions, n_genes)
-            matrices.append(matrix.cpu().numpy())
-            ids += batch.ids
-            labels.append(batch.target.cpu())
-    if not matrices:
-        return np.zeros((0, n_regions, n_genes)), [], []
-    return np.concatenate(matrices), ids, torch.cat(labels).numpy()
+        batches += [
+            (dataset, both[start : start + batch_size].tolist())
+            for start in range(0, len(both), batch_size)
+        ]
+    if not batches:
+        empty = np.zeros((0, n_regions, n_genes))
+        return empty, [], [], np.zeros((0, n_genes)), np.zeros((0, n_regions))
+    with torch.no_grad():
+        total = 0.0
+        for dataset, rows in batches:
+            tokens, _ = model.image_tokens(dataset.batch(rows).to(device))
+            total = total + tokens.sum(dim=0)
+        baseline = total / sum(len(rows) for _, rows in batches)
+    matrices, ids, labels, gene_parts, region_parts = [], [], [], [], []
+    for dataset, rows in batches:
+        batch = dataset.batch(rows).to(device)
+        layout = model.attention_layout(batch)
+        rollout = attention_rollout(layout["attentions"], layout["mask"])
+        matrix = roi_gene_matrix(rollout, layout["region"], layout["gene"], n_regions, n_genes)
+        matrices.append(matrix.cpu().numpy())
+        attributed = model.attribution(batch, baseline)
+        contribution = attributed["contribution"]
+        gene_parts.append(token_sums(contribution, attributed["gene"], n_genes).cpu().numpy())
+        region_parts.append(token_sums(contribution, attributed["region"], n_regions).cpu().numpy())
+        ids += batch.ids
+        labels.append(batch.target.cpu())
+    return (
+        np.concatenate(matrices),
+        ids,
+        torch.cat(labels).numpy(),
+        np.concatenate(gene_parts),
+        np.concatenate(region_parts),
+    )
 
 
 def _write_csv(path: Path, header: list[str], rows) -> None:

@@ -36,7 +36,7 @@ language model's layers -> an ROI x gene matrix per subject; stages, bootstrap s
 | atlas regions           | 109 (Desikan-Killiany + subcortical)   | the dataset's atlas       | the dataset's atlas    |
 | ROI crop                | 96^3                                   | 96^3                      | 16^3                   |
 | RiT width / ViT         | "lightweight ViT", sizes n/s           | 256, 4 layers, 8 heads    | 64, 2 layers, 4 heads  |
-| SNPs                    | 105 genes, 1,079 SNPs after QC         | every QC-passing SNP that fits the positions | 1 per gene, text <= 96 tokens |
+| SNPs                    | 105 genes, 1,079 SNPs after QC         | every QC-passing SNP that fits the positions | 1 per gene, no SNP ids, text <= 384 tokens |
 | SNP QC                  | MAF > 0.05, HWE p > 1e-6               | same                      | same                   |
 | language model          | Llama3-8B / Qwen2.5-7B                 | bundled MiniLM (``lm_path`` = a local Llama/Qwen folder) | MiniLM, first layer    |
 | LM training             | fine-tuned (PEFT), bf16, 8xA100        | LoRA r=16                 | full (1 layer), token table frozen |
@@ -51,9 +51,18 @@ runs (``Conv3d`` up to ~3x faster in some, the linear map in others: noise at a 
 paper's 96^3 the linear map was 13-22x faster forward and 5-6.6x forward+backward in every run (the
 convolution unfolds a 96^3 kernel). The linear map is kept: it wins clearly where the cost matters.
 
-n/s: not stated in the paper summary we work from. When the SNP text exceeds the token budget, SNPs
-are kept by their training-split association with the target (strongest first, ``snps_per_gene``
-per gene at most): a cpu-sized stand-in for the paper's hand-picked 105-gene candidate panel.
+n/s: not stated in the paper summary we work from. The ``cpu`` preset writes one SNP per gene (its
+most associated on the training split) in the compact text ``APOE: 0/1;`` (``snp_ids=False``, ~8
+tokens a gene): the synthetic cohort's 39 genes all fit (311 tokens; with SNP ids ~13 a gene, they
+would not fit MiniLM's 512 positions beside 83 region tokens), so the gene rankings of ``explain``
+are not decided by which genes reach the text. When the text still exceeds the budget (a larger
+panel), SNPs are kept by training-split association (strongest first, ``snps_per_gene`` per gene at
+most): a cpu-sized stand-in for the paper's hand-picked 105-gene candidate panel.
+
+``attribution`` (used by ``explain``, not in the paper): gradient x input of each token against a
+reference input (genotypes 0/0, each region at the cohort's mean RiT token), a first-order
+occlusion that ranks genes and regions by the model's use of their content rather than by where
+attention flows.
 """
 
 from __future__ import annotations
@@ -85,7 +94,8 @@ class RgenimaConfig(ModelConfig):
     maf_min: float = Field(0.05, ge=0, lt=0.5)
     hwe_p_min: float = Field(1e-6, ge=0, lt=1)
     snps_per_gene: int | None = Field(1, ge=1)  # None: every QC-passing SNP
-    max_text_tokens: int | None = Field(96, ge=8)  # None: what the model's positions allow
+    max_text_tokens: int | None = Field(384, ge=8)  # None: what the model's positions allow
+    snp_ids: bool = True  # False: compact text "APOE: 0/1;" (every gene of a panel fits)
     permute_genes: bool = True  # gene-order permutation in training
     genetic_encoder: Literal["lm", "mlp"] = "lm"
     lm_path: str | None = None  # a local Hugging Face folder; None: the bundled MiniLM
@@ -105,7 +115,8 @@ PRESETS = {
         "vit_heads": 4,
         "roi_size": 16,
         "snps_per_gene": 1,
-        "max_text_tokens": 96,
+        "max_text_tokens": 384,
+        "snp_ids": False,
         "lm_layers": 1,
     },
     "paper": {
@@ -242,7 +253,9 @@ class RGenIMA(AdfuseModel):
         self.register_buffer("snp_maf", torch.full((n_snps,), float("nan")))
         self.register_buffer("snp_hwe_p", torch.full((n_snps,), float("nan")))
         if config.genetic_encoder == "lm":
-            self.prompt = gp.GeneticPrompt(tokenizer, self.gene_names, snps, self.members)
+            self.prompt = gp.GeneticPrompt(
+                tokenizer, self.gene_names, snps, self.members, snp_ids=config.snp_ids
+            )
             positions = getattr(self.lm.config, "max_position_embeddings", None) or 10**9
             self.text_budget = min(config.max_text_tokens or 10**9, positions - n_image_tokens - 2)
             keep = gp.choose_snps(
@@ -327,10 +340,13 @@ class RGenIMA(AdfuseModel):
             report["text_budget"] = int(self.text_budget)
         return report
 
-    def genetic_tokens(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def genetic_tokens(self, batch, reference: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """``[B, T, width]`` input embeddings of the SNP text (or of the MLP's gene tokens) and the
-        gene index of every token ``[B, T]``."""
+        gene index of every token ``[B, T]``; ``reference``: every genotype written as 0/0 (the
+        baseline of the attribution, same layout)."""
         codes = gp.genotype_codes(batch.inputs["genotype"], self.snp_mean, self.snp_scale)
+        if reference:
+            codes = torch.zeros_like(codes)
         keep = self.snp_keep
         if self.config.genetic_encoder == "mlp":
             dosage = torch.where(codes == gp.MISSING, 0, codes).to(self.snp_embedding.dtype)
@@ -372,10 +388,10 @@ class RGenIMA(AdfuseModel):
         return self.image_modality is not None and self.phase == "image"
 
     # ------------------------------------------------------------------ 3. fusion
-    def sequence(self, batch, image_tokens, image_present, genetic_present):
+    def sequence(self, batch, image_tokens, image_present, genetic_present, reference=False):
         """Input embeddings ``[B, L, width]`` of ``start, regions, SNP text, end`` with the absent
         parts left out (real tokens first, then padding), the mask, and per token its region index
-        and gene index (-1 where it is neither)."""
+        and gene index (-1 where it is neither). ``reference``: genotypes written as 0/0."""
         n = len(batch.ids)
         device = batch.target.device
         special = torch.tensor([self.start_id], device=device).expand(n, 1)
@@ -392,7 +408,7 @@ class RGenIMA(AdfuseModel):
             regions.append(torch.arange(count, device=device).expand(n, -1))
             genes.append(torch.full((n, count), -1, device=device))
         if genetic_present is not None:
-            text, gene_index = self.genetic_tokens(batch)
+            text, gene_index = self.genetic_tokens(batch, reference)
             parts.append(text.to(parts[0].dtype))
             masks.append(genetic_present[:, None].expand(n, text.shape[1]))
             regions.append(torch.full(gene_index.shape, -1, device=device))
@@ -560,6 +576,41 @@ class RGenIMA(AdfuseModel):
         finally:
             base.set_attn_implementation(previous)
         return {"attentions": list(out.attentions), "mask": mask, "region": region, "gene": gene}
+
+    def attribution(self, batch, region_baseline: torch.Tensor) -> dict:
+        """Gradient x input of every token of the fused sequence, against a reference input
+        (integrated over nothing: the first-order term of an occlusion): the text with every
+        genotype written 0/0 (the gene and SNP tokens cancel, only the subject's genotypes count)
+        and each region token replaced by ``region_baseline [R, dim]`` (the cohort's mean RiT token
+        of that region). The score differentiated is the subject's class logit minus the mean
+        logit (not the log-probability, which saturates on confident subjects) or the prediction
+        (regression). Returns ``contribution [B, L]`` (summed
+        over the embedding) with ``mask``, ``region`` and ``gene`` as in ``attention_layout``."""
+        if self.config.fusion != "attention":
+            raise ConfigError("rgenima explain: fusion='concat' has no cross-modal attention")
+        self.eval()
+        with torch.no_grad():
+            image_tokens, image_present = self.image_tokens(batch)
+            genetic_present = batch.present["genotype"]
+            embeddings, mask, region, gene = self.sequence(
+                batch, image_tokens, image_present, genetic_present
+            )
+            baseline = region_baseline.to(image_tokens).expand_as(image_tokens)
+            reference, *_ = self.sequence(
+                batch, baseline, image_present, genetic_present, reference=True
+            )
+        with torch.enable_grad():
+            embeddings = embeddings.detach().requires_grad_(True)
+            states = self.encode(embeddings, mask).last_hidden_state
+            out = self.head(masked_mean(states, mask))
+            if self.task_kind == "classification":
+                chosen = batch.target.clamp(min=0)[:, None]
+                score = (out - out.mean(dim=-1, keepdim=True)).gather(1, chosen).squeeze(1)
+            else:
+                score = out.reshape(len(out), -1).sum(dim=1)
+            (gradient,) = torch.autograd.grad(score.sum(), embeddings)
+        contribution = (gradient * (embeddings - reference)).sum(dim=-1).detach()
+        return {"contribution": contribution * mask, "mask": mask, "region": region, "gene": gene}
 
 
 @register(

@@ -7,6 +7,8 @@
 
       APOE: rs429358 0/1, rs7412 0/0; BIN1: rs744373 1/1;
 
+  or, compact (``snp_ids=False``: the SNP ids cost ~5 WordPiece tokens each, so that every gene of
+  a panel fits in the text), ``APOE: 0/1, 0/0; BIN1: 1/1;`` (a gene's SNPs in a fixed order).
 - ``GeneticPrompt``: the same text as token ids of a language model's tokenizer, for a batch at once.
   Each piece (a gene header ``APOE:``, a SNP id, a genotype, a separator) is tokenised once, so a
   batch is a gather, not a tokenizer call per subject; the pieces are cut at spaces and punctuation,
@@ -124,11 +126,14 @@ def association_scores(dosages: np.ndarray, target: np.ndarray, classification: 
 
 
 # ----------------------------------------------------------------------------- text
-def serialise(genes: list[tuple[str, list[tuple[str, int]]]]) -> str:
-    """``[(gene, [(snp, code), ...]), ...]`` -> ``"GENE: snp 0/1, snp 1/1; GENE2: ...;"``."""
+def serialise(genes: list[tuple[str, list[tuple[str, int]]]], snp_ids: bool = True) -> str:
+    """``[(gene, [(snp, code), ...]), ...]`` -> ``"GENE: snp 0/1, snp 1/1; GENE2: ...;"``
+    (without ``snp_ids``: ``"GENE: 0/1, 1/1; ..."``)."""
     blocks = []
     for gene, snps in genes:
-        inner = ", ".join(f"{snp} {GENOTYPE_TEXT[code]}" for snp, code in snps)
+        inner = ", ".join(
+            f"{snp} {GENOTYPE_TEXT[code]}" if snp_ids else GENOTYPE_TEXT[code] for snp, code in snps
+        )
         blocks.append(f"{gene}: {inner};")
     return " ".join(blocks)
 
@@ -156,13 +161,20 @@ class GeneticPrompt:
     blocks in each subject's order. Every subject's text has the same length.
     """
 
-    def __init__(self, tokenizer, gene_names: list[str], snp_names: tuple[str, ...], members):
+    def __init__(
+        self,
+        tokenizer,
+        gene_names: list[str],
+        snp_names: tuple[str, ...],
+        members,
+        snp_ids: bool = True,
+    ):
         def piece(text: str) -> list[int]:
             return tokenizer(text, add_special_tokens=False)["input_ids"]
 
         self.gene_names, self.members = gene_names, members
         self.headers = [piece(f"{gene}:") for gene in gene_names]
-        self.snp_pieces = [piece(snp) for snp in snp_names]
+        self.snp_pieces = [piece(snp) if snp_ids else [] for snp in snp_names]
         genotypes = [piece(text) for text in GENOTYPE_TEXT]
         if len({len(g) for g in genotypes}) != 1:
             raise ConfigError(
