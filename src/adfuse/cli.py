@@ -52,11 +52,26 @@ def synth(
         str, typer.Option(help="Image grid: small (3 mm), medium (2 mm), paper (1 mm).")
     ] = "small",
     force: Annotated[bool, typer.Option("--force", help="Replace a non-empty folder.")] = False,
+    modalities: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated modalities to write (default all), e.g. clinical,genotype,t1."
+        ),
+    ] = None,
 ) -> None:
     """Write a synthetic ADNI-like cohort (real file formats, planted ground truth)."""
     from adfuse.data.synth import generate
 
-    path = generate(out, n_subjects=subjects, seed=seed, size=size, force=force, progress=True)
+    chosen = [m.strip() for m in modalities.split(",") if m.strip()] if modalities else None
+    path = generate(
+        out,
+        n_subjects=subjects,
+        seed=seed,
+        size=size,
+        force=force,
+        progress=True,
+        modalities=chosen,
+    )
     _console().print(f"wrote [bold]{path}[/bold] ({subjects} subjects, seed {seed})")
 
 

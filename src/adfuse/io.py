@@ -38,6 +38,36 @@ def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
+@contextmanager
+def waiting_lock(path: Path) -> Iterator[None]:
+    """Exclusive use of ``path`` (a lock file) among processes; a second one waits its turn.
+
+    An ``flock``: the kernel releases it when its holder dies, even by SIGKILL, so a crash never
+    leaves a stale lock. The file is removed on release; a waiter that then holds the lock on the
+    removed file notices (another inode now, or none) and takes the lock again.
+    """
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        handle = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            current = os.stat(path).st_ino if path.exists() else None
+        except BaseException:
+            os.close(handle)
+            raise
+        if current == os.fstat(handle).st_ino:
+            break
+        os.close(handle)
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(handle)
+
+
 def is_nonempty_dir(path: Path) -> bool:
     return path.is_dir() and any(path.iterdir())
 

@@ -32,6 +32,7 @@ from pydantic import Field
 from adfuse.config import StrictModel
 from adfuse.data import layout
 from adfuse.errors import ConfigError, DataError
+from adfuse.io import waiting_lock
 
 if TYPE_CHECKING:
     from adfuse.data.cohort import Cohort, ModalitySpec
@@ -368,8 +369,9 @@ def default_cache_dir() -> Path:
 class ModalityCache:
     """One memory-mapped array [subjects with the modality, ...] plus its id index.
 
-    Built in a temporary folder and renamed when complete; the ``index.json`` carries the shape,
-    dtype and a checksum of the ids, and a cache that fails to open or disagrees is rebuilt.
+    Built in a temporary folder and renamed when complete, by one process at a time (a second one
+    waits on the entry's lock, then opens what the first built); the ``index.json`` carries the
+    shape, dtype and a checksum of the ids, and a cache that fails to open or disagrees is rebuilt.
     """
 
     def __init__(self, folder: Path):
@@ -396,16 +398,24 @@ class ModalityCache:
         from tqdm.auto import tqdm
 
         self.folder.parent.mkdir(parents=True, exist_ok=True)
+        # the caller holds the entry's lock: a .tmp-* sibling is what a killed build left behind
+        for stale in self.folder.parent.glob(f"{self.folder.name}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         building = self.folder.with_name(self.folder.name + f".tmp-{os.getpid()}")
-        shutil.rmtree(building, ignore_errors=True)
         building.mkdir()
-        data = np.lib.format.open_memmap(
-            building / "data.npy", mode="w+", dtype=dtype, shape=(len(ids), *shape)
-        )
-        for n, subject in enumerate(tqdm(ids, desc=progress, leave=False, disable=len(ids) < 50)):
-            data[n] = make(subject)
-        data.flush()
-        del data
+        try:
+            data = np.lib.format.open_memmap(
+                building / "data.npy", mode="w+", dtype=dtype, shape=(len(ids), *shape)
+            )
+            for n, subject in enumerate(
+                tqdm(ids, desc=progress, leave=False, disable=len(ids) < 50)
+            ):
+                data[n] = make(subject)
+            data.flush()
+            del data
+        except BaseException:
+            shutil.rmtree(building, ignore_errors=True)  # a failed build leaves nothing behind
+            raise
         meta = {
             "ids": ids,
             "ids_sha256": _hash_ids(ids),
@@ -502,8 +512,11 @@ class CohortDataset(torch.utils.data.Dataset):
         cache = ModalityCache(Path(cache_dir) / f"{modality}-{view}-{key}")
         subjects = sorted(self.cohort.availability.index[self.cohort.availability[modality]])
         if not cache.open() or not set(subjects) <= set(cache.ids):
-            make, shape, dtype = self._maker(modality, kind, view)
-            cache.build(subjects, make, shape, dtype, f"preparing {modality} ({view})")
+            # one builder per entry: a second process waits, then finds the entry built
+            with waiting_lock(cache.folder.with_name(cache.folder.name + ".lock")):
+                if not cache.open() or not set(subjects) <= set(cache.ids):
+                    make, shape, dtype = self._maker(modality, kind, view)
+                    cache.build(subjects, make, shape, dtype, f"preparing {modality} ({view})")
         self._caches[modality] = cache
         self.shapes[modality] = tuple(cache.array.shape[1:])
 

@@ -54,12 +54,18 @@ def sweep_fractions(
         for seed in seeds:
             values = {**base_config.model_dump(), "fraction": fraction, "seed": seed}
             configs[fraction, seed] = TrainConfig.build(**values)  # checks the fraction and seed
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for (fraction, seed), config in configs.items():
-        run_dir = out / run_name(config.model, fraction, seed)
-        _train_unless_done(dataset, config, run_dir, cache_dir, progress)
-        rows.append(_row(run_dir, config, fraction, seed))
+    try:
+        for (fraction, seed), config in configs.items():
+            run_dir = out / run_name(config.model, fraction, seed)
+            _train_unless_done(dataset, config, run_dir, cache_dir, progress)
+            rows.append(_row(run_dir, config, fraction, seed))
+    except BaseException:
+        if created and not any(out.iterdir()):
+            out.rmdir()  # a sweep that wrote no run leaves no folder
+        raise
     table = pd.DataFrame(rows)
     atomic_write_text(out / "fractions.csv", table.to_csv(index=False))
     atomic_write_text(out / "fractions_summary.csv", summarise(table).to_csv(index=False))

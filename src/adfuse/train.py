@@ -17,6 +17,8 @@ import csv
 import io
 import json
 import math
+import os
+import pickle
 import shutil
 import time
 from dataclasses import dataclass
@@ -28,7 +30,7 @@ import torch
 from pydantic import Field, ValidationError
 
 from adfuse.config import StrictModel, pydantic_message
-from adfuse.errors import ConfigError
+from adfuse.errors import ConfigError, DataError
 from adfuse.io import atomic_write_bytes, atomic_write_json, atomic_write_text, is_nonempty_dir
 from adfuse.prepare import Batch, PrepareConfig
 from adfuse.runs import RUN_FILE, RUN_FORMAT, git_commit, locked, package_versions, read_run
@@ -163,26 +165,47 @@ def fit(
     out = Path(out)
     models.info(config.model)  # unknown names fail before anything is written
     tasks.get(config.task)
+    resolve_device(config.device)
     if resume:
-        previous = read_run(out)
-        if previous["config"] != config.model_dump(mode="json"):
-            difference = _first_difference(previous["config"], config.model_dump(mode="json"))
-            raise ConfigError(f"{out}: --resume with a different config ({difference})")
-        if previous.get("status") == "complete":
-            return out
-    elif is_nonempty_dir(out):
-        if not force:
-            raise ConfigError(f"{out}: folder is not empty; pass --force to replace it or --resume")
-        shutil.rmtree(out)
+        _check_resumable(out, config)
+    elif is_nonempty_dir(out) and not force:
+        raise ConfigError(f"{out}: folder is not empty; pass --force to replace it or --resume")
     created = not out.exists()
     try:
-        with locked(out):
+        with locked(out):  # checked again under the lock: another process may be writing it
+            if resume:
+                if _check_resumable(out, config):
+                    return out
+            elif force:
+                _empty_folder(out)
             _fit_locked(Path(dataset), config, out, cache_dir, progress)
     except BaseException:
         if created and not (out / RUN_FILE).exists():
             shutil.rmtree(out, ignore_errors=True)  # a run that never started leaves nothing
         raise
     return out
+
+
+def _check_resumable(out: Path, config: TrainConfig) -> bool:
+    """Whether the run in ``out`` is already complete; a ConfigError when it cannot be resumed."""
+    previous = read_run(out)
+    if previous["config"] != config.model_dump(mode="json"):
+        difference = _first_difference(previous["config"], config.model_dump(mode="json"))
+        raise ConfigError(f"{out}: --resume with a different config ({difference})")
+    return previous.get("status") == "complete"
+
+
+def _empty_folder(folder: Path) -> None:
+    """Remove everything in ``folder`` but its lock file (--force)."""
+    from adfuse.runs import LOCK_FILE
+
+    for path in folder.iterdir():
+        if path.name == LOCK_FILE:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def _fit_locked(dataset: Path, config: TrainConfig, out: Path, cache_dir, progress: bool) -> None:
@@ -233,7 +256,7 @@ def finish(out, session, config, device, train_seconds, energy) -> None:
 
 
 def _train_torch(session: Session, config: TrainConfig, out: Path, device, progress: bool) -> None:
-    from safetensors.torch import load_model, save_model
+    from safetensors.torch import load_model
     from tqdm.auto import tqdm
 
     model = session.model.to(device)
@@ -308,7 +331,7 @@ def _train_torch(session: Session, config: TrainConfig, out: Path, device, progr
             improved = monitored < best - 1e-6
             if improved:
                 best, best_epoch, bad = monitored, epoch, 0
-                save_model(model, str(checkpoints / "best.safetensors"), metadata=_metadata(config))
+                _save_weights(model, checkpoints / "best.safetensors", config)
             else:
                 bad += 1
             row = {
@@ -323,7 +346,7 @@ def _train_torch(session: Session, config: TrainConfig, out: Path, device, progr
             }
             history.append(row)
             bar.set_postfix(loss=f"{row['train_loss']:.3f}", val=f"{val_loss:.3f}")
-            save_model(model, str(checkpoints / "last.safetensors"), metadata=_metadata(config))
+            _save_weights(model, checkpoints / "last.safetensors", config)
             _save_state(
                 checkpoints,
                 {
@@ -340,7 +363,7 @@ def _train_torch(session: Session, config: TrainConfig, out: Path, device, progr
             _write_history(out, history)
         # the next stage (and the evaluation) starts from this stage's best weights
         load_model(model, str(checkpoints / "best.safetensors"), device=str(device))
-        save_model(model, str(checkpoints / "last.safetensors"), metadata=_metadata(config))
+        _save_weights(model, checkpoints / "last.safetensors", config)
         _save_state(
             checkpoints, {"stage": stage_index + 1, "history": history, "model": model.state_dict()}
         )
@@ -352,8 +375,6 @@ def _train_torch(session: Session, config: TrainConfig, out: Path, device, progr
 def load_trained(run_dir: str | Path, dataset: str | Path | None = None, cache_dir=None) -> Session:
     """A finished run's session with the best weights loaded (``dataset`` defaults to the one it
     was trained on). Classical models are refitted on the same training subjects and seed."""
-    from safetensors.torch import load_model
-
     run_dir = Path(run_dir)
     run = read_run(run_dir)
     if run.get("status") != "complete":
@@ -367,8 +388,35 @@ def load_trained(run_dir: str | Path, dataset: str | Path | None = None, cache_d
     if getattr(session.model, "kind", "torch") == "sklearn":
         session.model.fit(session.train.batch(), session.val.batch(), config.seed)
     else:
-        load_model(session.model, str(run_dir / CHECKPOINTS / "best.safetensors"), strict=True)
+        load_weights(session.model, run_dir / CHECKPOINTS / "best.safetensors")
     return session
+
+
+def load_weights(model, path: Path) -> None:
+    """A run's safetensors weights into ``model``; a damaged or foreign file is a DataError."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_model
+
+    if not path.is_file():
+        raise ConfigError(f"{path}: missing; the run folder is incomplete")
+    try:
+        load_model(model, str(path), strict=True)
+    except (SafetensorError, OSError, RuntimeError) as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(
+            f"cannot load the weights ({detail}); the file is damaged or of another model",
+            file=str(path),
+        ) from None
+
+
+def _read_run_json(path: Path) -> Any:
+    """A JSON file of a run folder; a missing or damaged one is a ConfigError naming it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: missing; the run folder is incomplete") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
 
 
 def check_fingerprint(run: dict, cohort) -> None:
@@ -419,7 +467,6 @@ def predict_dataset(run_dir: str | Path, dataset: str | Path, cache_dir=None):
     Returns a pandas DataFrame: id, then prob_<class> per class (classification) or prediction.
     """
     import pandas as pd
-    from safetensors.torch import load_model
 
     from adfuse import evaluate, models, tasks
     from adfuse.data.cohort import ModalitySpec, load_cohort
@@ -445,9 +492,9 @@ def predict_dataset(run_dir: str | Path, dataset: str | Path, cache_dir=None):
             config.prepare,
             **config.overrides,
         )
-        load_model(model, str(run_dir / CHECKPOINTS / "best.safetensors"), strict=True)
+        load_weights(model, run_dir / CHECKPOINTS / "best.safetensors")
     prepare = model.prepare_config()
-    preprocessor = Preprocessor.from_state(json.loads((run_dir / "preprocessing.json").read_text()))
+    preprocessor = Preprocessor.from_state(_read_run_json(run_dir / "preprocessing.json"))
     absent = {
         m: input_shape(spec[m], model.views().get(m), prepare)
         for m in model.modalities
@@ -518,6 +565,15 @@ def _metadata(config: TrainConfig) -> dict[str, str]:
     return {"model": config.model, "preset": config.preset, "adfuse": __version__}
 
 
+def _save_weights(model, path: Path, config: TrainConfig) -> None:
+    """save_model through a temporary sibling and a rename: a kill never leaves half a file."""
+    from safetensors.torch import save_model
+
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_model(model, str(temporary), metadata=_metadata(config))
+    os.replace(temporary, path)
+
+
 def _save_state(checkpoints: Path, state: dict) -> None:
     buffer = io.BytesIO()
     torch.save(state, buffer)
@@ -530,8 +586,15 @@ def _load_state(checkpoints: Path, model, device) -> dict:
     if not path.exists():
         return {}
     # weights travel inside the state file, so weights and counters are always of one epoch
-    state = torch.load(path, map_location=device, weights_only=True)
-    model.load_state_dict(state.pop("model"))
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+        model.load_state_dict(state.pop("model"))
+    except (RuntimeError, EOFError, OSError, KeyError, pickle.UnpicklingError) as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(
+            f"cannot load the training state ({detail}); remove the run folder and train again",
+            file=str(path),
+        ) from None
     return state
 
 

@@ -127,6 +127,8 @@ def read_adnimerge(path: Path, config: AdnimergeConfig | None = None) -> pd.Data
     if not path.exists():
         raise DataError("the file is missing (every dataset needs its clinical table)", file=label)
     raw = read_delimited(path, ",", label)
+    if raw.empty:
+        raise DataError("no rows under the header (one row per subject-visit expected)", file=label)
     raw = _apply_config(raw, config, label)
     _check_required(raw, label)
     columns: dict[str, pd.Series] = {}
@@ -213,8 +215,10 @@ def _apply_config(raw: pd.DataFrame, config: AdnimergeConfig, label: str) -> pd.
     for column, mapping in config.values.items():
         if column in raw:
             keyed = {str(k): str(v) for k, v in mapping.items()}
-            raw[column] = raw[column].map(
-                lambda v, m=keyed: m.get(v, v) if isinstance(v, str) else v
+            raw[column] = (
+                raw[column]
+                .map(lambda v, m=keyed: m.get(v, v) if isinstance(v, str) else v)
+                .astype(raw[column].dtype)  # stays text when every value is blank
             )
     for column, value in config.defaults.items():
         if column not in raw:

@@ -37,6 +37,10 @@ def read_stats(path: Path, label: str) -> tuple[pd.DataFrame, dict[str, float]]:
                 raise DataError(f"line {number}: malformed '# Measure' line", file=label) from None
         elif line.startswith("# ColHeaders"):
             header = line.split()[2:]
+            if len(set(header)) != len(header):
+                raise DataError(
+                    f"line {number}: a column name repeats in '# ColHeaders'", file=label
+                )
         elif line.strip() and not line.startswith("#"):
             if header is None:
                 raise DataError(f"line {number}: a table row before '# ColHeaders'", file=label)

@@ -71,11 +71,14 @@ def read_plink(prefix: Path) -> Genotypes | None:
     fam = _read_whitespace(paths[".fam"], FAM_COLUMNS)
     bim = _read_whitespace(paths[".bim"], BIM_COLUMNS)
     for column in ("pos",):
-        values = pd.to_numeric(bim[column], errors="coerce")
-        if values.isna().any():
-            row = int(np.flatnonzero(values.isna().to_numpy())[0])
+        values = pd.to_numeric(bim[column], errors="coerce").astype("float64")
+        numbers = values.to_numpy(na_value=np.nan)
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isfinite(numbers) | (numbers < 0) | (numbers >= 2**53) | (numbers % 1 != 0)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
             raise DataError(
-                f"line {row + 1}: position {bim[column].iloc[row]!r} is not a number",
+                f"line {row + 1}: position {bim[column].iloc[row]!r} is not a base-pair number",
                 file=paths[".bim"].name,
                 field="pos",
             )

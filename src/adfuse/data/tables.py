@@ -6,7 +6,9 @@ the same one-line ``DataError`` naming the file.
 
 from __future__ import annotations
 
+import csv
 import io
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -47,19 +49,29 @@ def read_delimited(path: Path, sep: str, label: str | None = None) -> pd.DataFra
             file=label,
         )
     try:
-        table = pd.read_csv(
-            io.StringIO(text),
-            sep=sep,
-            dtype=str,
-            keep_default_na=False,
-            na_values=[""],
-            skipinitialspace=False,
-        )
+        with warnings.catch_warnings():
+            # index_col=False: a first row with one field too many is an error, not an index
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            table = pd.read_csv(
+                io.StringIO(text),
+                sep=sep,
+                dtype=str,
+                keep_default_na=False,
+                na_values=[""],
+                skipinitialspace=False,
+                index_col=False,
+            )
+    except pd.errors.ParserWarning:
+        raise DataError(
+            "malformed table: a row has more fields than the header", file=label
+        ) from None
     except pd.errors.ParserError as exc:
         detail = str(exc).strip().splitlines()[-1]
         raise DataError(f"malformed table: {detail}", file=label) from None
-    table.columns = [str(c).strip() for c in table.columns]
-    duplicated = table.columns[table.columns.duplicated()].tolist()
+    # pandas renames a repeated column ("MMSE" -> "MMSE.1"): check the header as written
+    names = [name.strip() for name in next(csv.reader([header], delimiter=sep))]
+    duplicated = [name for position, name in enumerate(names) if name in names[:position]]
     if duplicated:
         raise DataError(f"duplicate column {duplicated[0]!r}", file=label)
+    table.columns = [str(c).strip() for c in table.columns]
     return table
