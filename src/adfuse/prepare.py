@@ -10,7 +10,7 @@ Two kinds of transform, kept apart so that nothing leaks across splits:
   fitted on the training split only, by ``Preprocessor.fit``, which records the subject ids it saw
   (``fitted_on``) so ``splits.check_disjoint`` can prove they are a subset of train.
 
-``collate`` builds a ``Batch``: ``inputs[modality]`` (a zero placeholder where absent),
+``collate`` builds a ``Batch``: ``inputs[modality]`` (zeros where absent),
 ``present[modality]`` (BoolTensor[B]), ``target``, ``ids``.
 """
 
@@ -153,7 +153,7 @@ class Batch:
 
 
 def collate(items: list[dict]) -> Batch:
-    """Stack dataset items into a Batch (items already hold zero placeholders where absent)."""
+    """Stack dataset items into a Batch (items already hold zeros where absent)."""
     modalities = list(items[0]["inputs"])
     return Batch(
         inputs={m: torch.stack([item["inputs"][m] for item in items]) for m in modalities},

@@ -19,7 +19,7 @@ the papers use (ResNet-10 widths 64-512 with a strided 7^3 stem and max-pool, Me
 Any size entry can be overridden by name through ``**options``.
 
 ``encoder.encode(x, present)`` runs the encoder on the present samples only and leaves zeros for
-the absent ones: an absent modality's placeholder is never computed, so its content cannot reach
+the absent ones: an absent modality's zero filler is never computed, so its content cannot reach
 the output and the batch statistics of normalisation layers only ever see real inputs.
 """
 
