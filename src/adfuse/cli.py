@@ -62,7 +62,7 @@ def synth(
     """Write a synthetic ADNI-like cohort (real file formats, planted ground truth)."""
     from adfuse.data.synth import generate
 
-    chosen = [m.strip() for m in modalities.split(",") if m.strip()] if modalities else None
+    chosen = _names(modalities)
     path = generate(
         out,
         n_subjects=subjects,
@@ -138,7 +138,7 @@ def train(
     """Train one model on one task and evaluate it on the test split (a run folder)."""
     from adfuse.train import TrainConfig, fit
 
-    chosen = [m.strip() for m in modalities.split(",") if m.strip()] if modalities else None
+    chosen = _names(modalities)
     config = TrainConfig.build(
         overrides=_overrides(set_ or []),
         model=model,
@@ -259,7 +259,7 @@ def sweep(
         raise ConfigError(
             f"--fractions: not a comma-separated list of numbers: {fractions!r}"
         ) from None
-    chosen = [m.strip() for m in modalities.split(",") if m.strip()] if modalities else None
+    chosen = _names(modalities)
     config = TrainConfig.build(
         model=model,
         task=task,
@@ -275,6 +275,11 @@ def sweep(
         dataset, config, chosen_fractions, list(range(seeds)), out=folder, cache_dir=cache
     )
     _print_frame(summarise(table), f"{folder}: {table['metric'].iloc[0]} across seeds")
+
+
+def _names(text: str | None) -> list[str] | None:
+    """A comma-separated option as a list (None when not given)."""
+    return [part.strip() for part in text.split(",") if part.strip()] if text else None
 
 
 def _print_frame(frame, title: str) -> None:
@@ -323,8 +328,8 @@ def combinations(
     from adfuse.combinations import compare_combinations
     from adfuse.train import TrainConfig
 
-    names = [m.strip() for m in models.split(",") if m.strip()]
-    chosen = [m.strip() for m in modalities.split(",") if m.strip()] if modalities else None
+    names = _names(models) or []
+    chosen = _names(modalities)
     config = TrainConfig.build(
         model=names[0] if names else "permoe",
         task=task,

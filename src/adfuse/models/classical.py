@@ -18,6 +18,7 @@ model (the fit is deterministic for a given seed).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -59,7 +60,7 @@ class GboostConfig(ModelConfig):
     class_weight: Literal["balanced"] | None = None
 
 
-class SklearnModel:
+class SklearnModel(ABC):
     """A scikit-learn estimator over a ``Batch``'s flattened features (same registry as torch)."""
 
     kind = "sklearn"
@@ -128,8 +129,9 @@ class SklearnModel:
         return names + [f"{m}:present" for m in self.modalities]
 
     # -- fit / predict
+    @abstractmethod
     def make_estimator(self, seed: int):
-        raise NotImplementedError
+        """A fresh, unfitted scikit-learn estimator (its seed set)."""
 
     def fit(self, train: Batch, val: Batch | None = None, seed: int = 0) -> SklearnModel:
         """Fit on ``train`` (``val``: early stopping for gboost; unused by logreg)."""

@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from abc import ABC, abstractmethod
 from typing import Literal
 
 import torch
@@ -179,7 +180,7 @@ class MissingModalityBank(nn.Module):
         return torch.where(present[:, :, None, None], tokens, rows)
 
 
-class MoEFusionModel(AdfuseModel):
+class MoEFusionModel(AdfuseModel, ABC):
     """What Flex-MoE and PerM-MoE share: routing losses that act in training only, and their
     logging averaged over the training batches (never the evaluation ones)."""
 
@@ -200,9 +201,9 @@ class MoEFusionModel(AdfuseModel):
             capacity_factor=config.capacity_factor,
         )
 
+    @abstractmethod
     def router_losses(self, batch) -> dict[str, torch.Tensor]:
         """Name -> weighted auxiliary term of the last forward (implemented by each model)."""
-        raise NotImplementedError
 
     def loss(self, batch, out: torch.Tensor) -> torch.Tensor:
         task_loss = self.task_loss(batch, out)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -174,7 +175,7 @@ def _is_linear(module: nn.Module) -> bool:
 
 
 # ----------------------------------------------------------------------------- encoders
-class FoundationEncoder(nn.Module):
+class FoundationEncoder(nn.Module, ABC):
     """Base: tokens -> backbone (extra tokens appended) -> states; masked mean pooling."""
 
     modalities: tuple[str, ...] = ()
@@ -185,8 +186,9 @@ class FoundationEncoder(nn.Module):
         self.backbone = backbone
         self.width = backbone.width
 
+    @abstractmethod
     def tokens(self, inputs: dict[str, torch.Tensor], present: dict[str, torch.Tensor]):
-        raise NotImplementedError
+        """``(tokens [B, T, width], valid [B, T])`` of this encoder's modalities."""
 
     def present(self, present: dict[str, torch.Tensor]) -> torch.Tensor:
         """``[B]`` True where the sample has any of this encoder's modalities."""
@@ -218,17 +220,17 @@ class PatchEncoder(FoundationEncoder):
     def modalities(self) -> tuple[str, ...]:  # type: ignore[override]
         return (self.modality,)
 
+    @abstractmethod
     def patches(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, T, P]``: the raw content of each token (zero-padded)."""
-        raise NotImplementedError
 
     def patch_valid(self) -> torch.Tensor:
         """``[T, P]`` True where a patch entry is real (not padding)."""
         return torch.ones(self.n_tokens, self.patch_size, dtype=torch.bool)
 
+    @abstractmethod
     def embed(self, patches: torch.Tensor, replace=None, mask_token=None) -> torch.Tensor:
         """Token embeddings with positions; ``replace [B, T]`` swaps tokens for ``mask_token``."""
-        raise NotImplementedError
 
     def tokens(self, inputs, present):
         x = inputs[self.modality]
