@@ -462,11 +462,14 @@ def explain(
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Output folder (default RUN/explain).")] = None,
     cache: Annotated[Path | None, typer.Option(help="Preprocessing cache folder.")] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing explanation folder.")
+    ] = False,
 ) -> None:
     """Interpret a trained run: attention maps, rollout, expert use (per model)."""
     from adfuse.explain import explain_run
 
-    folder = explain_run(run, dataset, out, cache)
+    folder = explain_run(run, dataset, out, cache, force=force)
     _console().print(f"wrote the explanation to [bold]{folder}[/bold]")
 
 
@@ -490,7 +493,7 @@ def models() -> None:
 def benchmark(
     dataset: Annotated[Path, typer.Argument(help="A dataset folder.")],
     plan: Annotated[
-        str, typer.Option(help="A preset (quick, paper) or a .toml/.yaml plan file.")
+        str, typer.Option(help="A preset (quick, claims, paper) or a .toml/.yaml plan file.")
     ] = "quick",
     out: Annotated[
         Path | None, typer.Option(help="Benchmark folder (default benchmark/<plan name>).")

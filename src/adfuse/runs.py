@@ -4,7 +4,7 @@
 RUN/ run.json          config, model, task, seed, dataset fingerprint, versions, git commit, status
      split.json        subject ids per split
      preprocessing.json  fitted statistics and the subject ids they were fitted on
-     checkpoints/      best.safetensors, last.safetensors, last_state.pt (optimizer, RNG, counters)
+     checkpoints/      best.safetensors, last.safetensors, last_state.pt (optimizer, counters)
      history.csv       one row per epoch
      metrics.json      test metrics with 95% CIs
      predictions/test.csv
@@ -17,14 +17,14 @@ A lock file keeps two processes from writing one run.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import subprocess
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from importlib import metadata
 from pathlib import Path
 
 from adfuse.errors import ConfigError
+from adfuse.io import LockBusy, file_lock
 
 RUN_FORMAT = 1
 RUN_FILE = "run.json"
@@ -81,41 +81,17 @@ def read_run(run_dir: Path) -> dict:
     return data
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @contextmanager
 def locked(folder: Path):
-    """Exclusive use of a folder by this process; a lock left by a dead process is taken over."""
+    """Exclusive use of a folder by this process (an ``flock`` on ``folder/.lock``: released by
+    the kernel when its holder dies, so a killed run never leaves the folder locked); a second
+    process is refused with a ConfigError naming the holder."""
     folder.mkdir(parents=True, exist_ok=True)
-    lock = folder / LOCK_FILE
-    for _ in range(2):
-        try:
-            handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                owner = int(lock.read_text().strip() or 0)
-            except (OSError, ValueError):
-                owner = 0
-            if owner and _pid_alive(owner) and owner != os.getpid():
-                raise ConfigError(
-                    f"{folder}: in use by process {owner} (remove {LOCK_FILE} if it is gone)"
-                ) from None
-            lock.unlink(missing_ok=True)
-            continue
-        with os.fdopen(handle, "w") as stream:
-            stream.write(str(os.getpid()))
-        break
-    else:
-        raise ConfigError(f"{folder}: could not take the lock")
+    held = ExitStack()
     try:
+        held.enter_context(file_lock(folder / LOCK_FILE, wait=False))
+    except LockBusy as busy:
+        holder = f"process {busy.owner}" if busy.owner else "another process"
+        raise ConfigError(f"{folder}: in use by {holder}") from None
+    with held:
         yield folder
-    finally:
-        lock.unlink(missing_ok=True)

@@ -8,7 +8,9 @@ evaluates the best weights on the test split and writes the run folder (see ``ad
 
 Reproducibility: every random draw is derived from the run seed and the (stage, epoch) position —
 the shuffling order and dropout of an epoch do not depend on what ran before — so a resumed run and
-an uninterrupted one give identical weights on CPU.
+an uninterrupted one give identical weights on CPU. The number of torch threads changes how CPU
+kernels split their sums (results differ in the last bits), so it is part of the saved state: a
+resumed run trains and evaluates with the thread count the run started with.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import csv
 import io
 import json
 import math
-import os
 import pickle
 import shutil
 import time
@@ -31,7 +32,13 @@ from pydantic import Field, ValidationError
 
 from adfuse.config import StrictModel, pydantic_message
 from adfuse.errors import ConfigError, DataError
-from adfuse.io import atomic_write_bytes, atomic_write_json, atomic_write_text, is_nonempty_dir
+from adfuse.io import (
+    atomic_target,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    is_nonempty_dir,
+)
 from adfuse.prepare import Batch, PrepareConfig
 from adfuse.runs import RUN_FILE, RUN_FORMAT, git_commit, locked, package_versions, read_run
 
@@ -217,14 +224,18 @@ def _fit_locked(dataset: Path, config: TrainConfig, out: Path, cache_dir, progre
     if hasattr(session.model, "statistics_report"):
         atomic_write_json(out / "model_fitted.json", session.model.statistics_report())
     device = resolve_device(config.device)
-    started = time.perf_counter()
-    with EnergyMeter() as energy:
-        if getattr(session.model, "kind", "torch") == "sklearn":
-            session.model.fit(session.train.batch(), session.val.batch(), config.seed)
-        else:
-            _train_torch(session, config, out, device, progress)
-    train_seconds = time.perf_counter() - started
-    finish(out, session, config, device, train_seconds, energy.result)
+    threads = torch.get_num_threads()
+    try:  # a resumed run may switch to the thread count it started with; ours is restored after
+        started = time.perf_counter()
+        with EnergyMeter() as energy:
+            if getattr(session.model, "kind", "torch") == "sklearn":
+                session.model.fit(session.train.batch(), session.val.batch(), config.seed)
+            else:
+                _train_torch(session, config, out, device, progress)
+        train_seconds = time.perf_counter() - started
+        finish(out, session, config, device, train_seconds, energy.result)
+    finally:
+        torch.set_num_threads(threads)
     _write_run_json(out, config, session, status="complete")
 
 
@@ -267,6 +278,8 @@ def _train_torch(session: Session, config: TrainConfig, out: Path, device, progr
     checkpoints = out / CHECKPOINTS
     checkpoints.mkdir(exist_ok=True)
     state = _load_state(checkpoints, model, device)
+    if state.get("threads", torch.get_num_threads()) != torch.get_num_threads():
+        torch.set_num_threads(state["threads"])
     history: list[dict] = state.get("history", [])
     stages = model.stages()
     for stage_index, stage in enumerate(stages):
@@ -357,6 +370,7 @@ def _train_torch(session: Session, config: TrainConfig, out: Path, device, progr
                     "bad": bad,
                     "optimizer": optimizer.state_dict(),
                     "history": history,
+                    "threads": torch.get_num_threads(),
                     "model": model.state_dict(),
                 },
             )
@@ -365,7 +379,13 @@ def _train_torch(session: Session, config: TrainConfig, out: Path, device, progr
         load_model(model, str(checkpoints / "best.safetensors"), device=str(device))
         _save_weights(model, checkpoints / "last.safetensors", config)
         _save_state(
-            checkpoints, {"stage": stage_index + 1, "history": history, "model": model.state_dict()}
+            checkpoints,
+            {
+                "stage": stage_index + 1,
+                "history": history,
+                "threads": torch.get_num_threads(),
+                "model": model.state_dict(),
+            },
         )
         state = {}
     model.begin_stage(None)
@@ -569,9 +589,8 @@ def _save_weights(model, path: Path, config: TrainConfig) -> None:
     """save_model through a temporary sibling and a rename: a kill never leaves half a file."""
     from safetensors.torch import save_model
 
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_model(model, str(temporary), metadata=_metadata(config))
-    os.replace(temporary, path)
+    with atomic_target(path) as temporary:
+        save_model(model, str(temporary), metadata=_metadata(config))
 
 
 def _save_state(checkpoints: Path, state: dict) -> None:

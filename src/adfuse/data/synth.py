@@ -28,8 +28,6 @@ or absent. The same arguments give byte-identical files (gzip headers carry no t
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +46,7 @@ from adfuse.data._synth_latent import (
 )
 from adfuse.data._synth_notes import BANNED_WORDS, write_note
 from adfuse.errors import ConfigError
+from adfuse.io import atomic_directory
 
 __all__ = [
     "CALIBRATION_TARGETS",
@@ -125,14 +124,9 @@ def generate(
         raise ConfigError(f"synth: {out_dir} is not empty; replace it with --force (force=True)")
 
     simulation = _simulate(None, n_subjects, seed, config_overrides)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    # a temporary sibling renamed into place (what a killed synth left there is removed first)
+    with atomic_directory(out_dir, force=True) as work:
         _write_all(work, simulation, size, chosen, progress)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    _replace(work, out_dir)
     return out_dir
 
 
@@ -155,17 +149,6 @@ def _check_modalities(modalities) -> tuple[str, ...]:
             f"synth: unknown modality {unknown[0]!r}; choose from {', '.join(GENERATED_MODALITIES)}"
         )
     return tuple(m for m in GENERATED_MODALITIES if m in modalities)
-
-
-def _replace(work: Path, out_dir: Path) -> None:
-    """Move the finished folder into place; an old folder goes only once the new one is there."""
-    if not out_dir.exists():
-        work.rename(out_dir)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-    out_dir.rename(old / "dataset")
-    work.rename(out_dir)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 # --- writers -------------------------------------------------------------------------------------

@@ -55,10 +55,15 @@ def explain_run(
     dataset: str | Path | None = None,
     out: str | Path | None = None,
     cache_dir: str | Path | None = None,
+    force: bool = False,
     **options,
 ) -> Path:
-    """Explain a finished run into ``out`` (default ``RUN/explain``); returns the folder."""
-    from adfuse.io import atomic_write_json
+    """Explain a finished run into ``out`` (default ``RUN/explain``); returns the folder.
+
+    The folder is built as a temporary sibling and renamed into place when complete, so a killed
+    explanation leaves nothing half-written; a non-empty ``out`` is replaced only with ``force``
+    (and only once the new explanation is complete)."""
+    from adfuse.io import atomic_directory, atomic_write_json, is_nonempty_dir
     from adfuse.runs import read_run
     from adfuse.train import load_trained
 
@@ -68,9 +73,11 @@ def explain_run(
     if model not in _EXPLAINERS:
         have = ", ".join(sorted(_EXPLAINERS)) or "none yet"
         raise ConfigError(f"no explainer for model '{model}' (models with one: {have})")
-    session = load_trained(run_dir, dataset, cache_dir)
     out = Path(out) if out else run_dir / "explain"
-    out.mkdir(parents=True, exist_ok=True)
-    summary = _EXPLAINERS[model](session, out, **options)
-    atomic_write_json(out / "summary.json", summary)
+    if is_nonempty_dir(out) and not force:  # before the costly reload; checked again below
+        raise ConfigError(f"{out}: folder is not empty; pass --force to replace it")
+    session = load_trained(run_dir, dataset, cache_dir)
+    with atomic_directory(out, force=force) as building:
+        summary = _EXPLAINERS[model](session, building, **options)
+        atomic_write_json(building / "summary.json", summary)
     return out

@@ -361,7 +361,10 @@ class Anchored(AdfuseModel):
 
         During a round, an auxiliary encoder is frozen and in eval mode, so its features are a
         fixed function of the subject's inputs: they are computed once per subject (and
-        availability pattern) and reused for the rest of the stage."""
+        availability pattern) and reused for the rest of the stage. Each subject is encoded on
+        its own: CPU kernels round differently with the batch size, and a batch-dependent value
+        would make a round resumed after a kill (its cache refilled from other batches) differ
+        from an uninterrupted one."""
         anchor = self._round_group()
         if anchor is None or group == anchor:
             return self._compute_features(batch, group)
@@ -371,11 +374,11 @@ class Anchored(AdfuseModel):
         keys = [(group, sid, tuple(row)) for sid, row in zip(batch.ids, pattern, strict=True)]
         cache = self._feature_cache
         missing = [i for i, key in enumerate(keys) if here[i] and key not in cache]
-        if missing:
-            states, mask, _ = self._compute_features(batch.select(missing), group)
-            for row, i in enumerate(missing):
-                length = int(mask[row].nonzero().max()) + 1
-                cache[keys[i]] = (states[row, :length].detach(), mask[row, :length])
+        for i in missing:
+            with torch.no_grad():
+                states, mask, _ = self._compute_features(batch.select([i]), group)
+            length = int(mask[0].nonzero().max()) + 1
+            cache[keys[i]] = (states[0, :length], mask[0, :length])
         rows = [cache[key] if here[i] else None for i, key in enumerate(keys)]
         length = max((r[0].shape[0] for r in rows if r is not None), default=1)
         width = self.encoders[group].width
