@@ -133,12 +133,13 @@ def test_star_expands_to_every_registered_model_and_skips_missing_paper_models(m
     assert "rgenima" not in {j.config.model for j in reduced.jobs}
 
 
-def test_the_paper_plan_has_the_runs_of_every_claim():
+@pytest.mark.parametrize("name", ["paper", "claims"])
+def test_the_claim_plans_have_the_runs_of_every_claim(name):
     from types import SimpleNamespace
 
     from adfuse.models import make_config
 
-    expanded = plan.expand(plan.load_plan("paper"), preset="cpu")
+    expanded = plan.expand(plan.load_plan(name), preset="cpu")
     for claim in claims.CLAIMS:
         for variant in [v for part in claim.parts for v in part]:
             matching = [

@@ -1,7 +1,7 @@
 """A benchmark plan: which models (and ablations) on which tasks, seeds and data fractions.
 
 A plan is a TOML or YAML file validated by pydantic (an unknown key is a one-line ConfigError), or
-the name of a shipped preset (``quick``, ``paper``: ``adfuse/bench/plans/<name>.toml``)::
+the name of a shipped preset (``quick``, ``claims``, ``paper``: ``adfuse/bench/plans/<name>.toml``)::
 
     name = "mine"
     description = "ACMCA ablations on diagnosis"
@@ -40,7 +40,7 @@ from pydantic import Field, ValidationError, field_validator
 from adfuse.config import StrictModel, pydantic_message
 from adfuse.errors import ConfigError, did_you_mean
 
-PRESET_PLANS = ("quick", "paper")
+PRESET_PLANS = ("quick", "claims", "paper")
 # Names of the papers' models: a plan may list them before they are registered here.
 PAPER_MODELS = ("acmca", "smmt", "3mt", "anchored", "permoe", "flexmoe", "rgenima")
 RUN_OPTIONS = (
