@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+# ADFUSE_SHARED_DATA overrides the default: the shared folder beside the checkout.
+SHARED_DATA = Path(
+    os.environ.get("ADFUSE_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data")
+)
 
 
 @pytest.fixture(scope="session")
