@@ -282,8 +282,11 @@ def test_planted_truth_claim_against_a_random_ranking(tmp_path):
             record = fake_record("rgenima", "rgenima", seed, 0.5, task="stage4")
             record.folder = tmp_path / f"{hits}-{seed}"
             (record.folder / "explain").mkdir(parents=True)
-            truth = {"genes": {"n_truth": 10, "n_candidates": 40, "recall@10": {
-                "model": hits / 10, "random": 10 / 40}}}  # fmt: skip
+            # as explain writes it: one table per ranking; the claim is about attention's
+            table = {"n_truth": 10, "n_candidates": 40, "recall@10": {
+                "model": hits / 10, "random": 10 / 40}}  # fmt: skip
+            other = table | {"recall@10": {"model": 1.0, "random": 10 / 40}}
+            truth = {"genes": {"attention": table, "attribution": other, "association": other}}
             (record.folder / "explain" / "planted_truth.json").write_text(json.dumps(truth))
             made.append(record)
         return made
