@@ -160,7 +160,7 @@ def file_lock(path: Path, wait: bool = True) -> Iterator[None]:
         handle = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-            current = os.stat(path).st_ino if path.exists() else None
+            current = _inode(path)
         except BlockingIOError:
             os.close(handle)
             raise LockBusy(_lock_owner(path)) from None
@@ -177,6 +177,14 @@ def file_lock(path: Path, wait: bool = True) -> Iterator[None]:
     finally:
         path.unlink(missing_ok=True)
         os.close(handle)
+
+
+def _inode(path: Path) -> int | None:
+    """The inode at ``path``, None when there is no file (the holder may remove it any time)."""
+    try:
+        return os.stat(path).st_ino
+    except FileNotFoundError:
+        return None
 
 
 def _lock_owner(path: Path) -> int | None:
