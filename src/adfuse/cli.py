@@ -58,11 +58,26 @@ def synth(
             help="Comma-separated modalities to write (default all), e.g. clinical,genotype,t1."
         ),
     ] = None,
+    causal_snps: Annotated[
+        int | None,
+        typer.Option(min=0, help="Causal SNPs besides APOE, one per AD gene (default 15, <= 24)."),
+    ] = None,
+    causal_effect: Annotated[
+        str | None,
+        typer.Option(
+            help="MIN,MAX |effect| per allele of the causal SNPs, in liability SD "
+            "(default 0.05,0.12; larger plants stronger genetics)."
+        ),
+    ] = None,
 ) -> None:
     """Write a synthetic ADNI-like cohort (real file formats, planted ground truth)."""
     from adfuse.data.synth import generate
 
     chosen = _names(modalities)
+    genetics = {} if causal_snps is None else {"n_causal": causal_snps}
+    if causal_effect is not None:
+        low, high = _effect_range(causal_effect)
+        genetics |= {"causal_effect_min": low, "causal_effect_max": high}
     path = generate(
         out,
         n_subjects=subjects,
@@ -71,8 +86,22 @@ def synth(
         force=force,
         progress=True,
         modalities=chosen,
+        **genetics,
     )
     _console().print(f"wrote [bold]{path}[/bold] ({subjects} subjects, seed {seed})")
+
+
+def _effect_range(text: str) -> tuple[float, float]:
+    """``--causal-effect MIN,MAX`` as two numbers with 0 <= MIN <= MAX."""
+    from adfuse.errors import ConfigError
+
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError:  # not two numbers
+        low = high = float("nan")
+    if not 0 <= low <= high < float("inf"):
+        raise ConfigError(f"--causal-effect {text!r}: expected MIN,MAX with 0 <= MIN <= MAX")
+    return low, high
 
 
 @app.command()
@@ -471,6 +500,13 @@ def explain(
 
     folder = explain_run(run, dataset, out, cache, force=force)
     _console().print(f"wrote the explanation to [bold]{folder}[/bold]")
+    truth = folder / "planted_truth.json"
+    if truth.exists():  # a synthetic cohort's planted effects (R-GenIMA's explainer)
+        import json
+
+        from adfuse.explain.rollout import headline
+
+        _console().print(headline(json.loads(truth.read_text())), markup=False)
 
 
 @app.command()
@@ -560,11 +596,14 @@ def _print_metrics(run_dir: Path) -> None:
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_column("95% CI", justify="right")
+
+    def number(x) -> str:  # metrics.json holds undefined values (and no-CI bounds) as null
+        return "-" if x is None else f"{x:.3f}"
+
     for name, value in metrics.items():
         if isinstance(value, dict) and "value" in value:
-            table.add_row(
-                name, f"{value['value']:.3f}", f"[{value['low']:.3f}, {value['high']:.3f}]"
-            )
+            interval = f"[{number(value['low'])}, {number(value['high'])}]"
+            table.add_row(name, number(value["value"]), "-" if value["low"] is None else interval)
     _console().print(table)
 
 

@@ -256,9 +256,9 @@ def _percentiles(values: np.ndarray, alpha: float) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def _check_bootstrap(y_true, preds, n_boot: int, alpha: float) -> None:
-    if n_boot < 1:
-        raise ConfigError(f"n_boot must be at least 1, got {n_boot}")
+def _check_bootstrap(y_true, preds, n_boot: int, alpha: float, least: int = 1) -> None:
+    if n_boot < least:
+        raise ConfigError(f"n_boot must be at least {least}, got {n_boot}")
     if not 0 < alpha < 1:
         raise ConfigError(f"alpha must be between 0 and 1, got {alpha}")
     for pred in preds:
@@ -280,11 +280,12 @@ def bootstrap_ci(
     ``classification_metrics`` and ``regression_metrics`` do, e.g. through ``functools.partial``
     to bind ``classes``), all resamples are evaluated at once. Resamples where a metric is
     undefined (NaN: a class missing for AUC) are left out of that metric's interval.
+    ``n_boot=0``: no interval (NaN bounds).
     """
     y_true, pred = np.asarray(y_true), np.asarray(pred)
-    _check_bootstrap(y_true, [pred], n_boot, alpha)
+    _check_bootstrap(y_true, [pred], n_boot, alpha, least=0)
     point = metric_fn(y_true, pred)
-    if len(y_true) == 0:
+    if len(y_true) == 0 or n_boot == 0:
         return {name: (value, float("nan"), float("nan")) for name, value in point.items()}
     indices = _resample_indices(len(y_true), n_boot, seed)
     (resampled,) = _resampled(metric_fn, y_true, [pred], indices)

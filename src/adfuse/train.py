@@ -66,7 +66,7 @@ class TrainConfig(StrictModel):
     split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
     device: str = "cpu"
     prepare: PrepareConfig = Field(default_factory=PrepareConfig)
-    n_boot: int = Field(1000, ge=0)
+    n_boot: int = Field(1000, ge=0)  # bootstrap resamples of the test CIs; 0: no CI
     patterns: bool = True
 
     @classmethod

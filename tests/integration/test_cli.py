@@ -94,6 +94,33 @@ def test_synth_refuses_a_non_empty_folder(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".mine")]
 
 
+def test_synth_plants_the_causal_snps_and_effects_asked_for(tmp_path):
+    out = tmp_path / "strong"
+    options = ["--subjects", "20", "--modalities", "clinical,genotype"]
+    result = run("synth", str(out), *options, "--causal-snps", "5", "--causal-effect", "0.3,0.5")
+    assert result.returncode == 0, result.stderr
+    truth = json.loads((out / "truth.json").read_text())
+    planted = [row for row in truth["genetics"]["causal_snps"] if row["gene"] != "APOE"]
+    assert len(planted) == 5 and len({row["gene"] for row in planted}) == 5
+    assert all(0.3 <= abs(row["beta"]) <= 0.5 for row in planted)
+    config = truth["config"]
+    assert (config["n_causal"], config["causal_effect_min"], config["causal_effect_max"]) == (
+        5,
+        0.3,
+        0.5,
+    )
+    for bad, message in (
+        (["--causal-effect", "0.5,0.3"], "--causal-effect '0.5,0.3': expected MIN,MAX"),
+        (["--causal-effect", "0.3"], "expected MIN,MAX with 0 <= MIN <= MAX"),
+        (["--causal-snps", "30"], "n_causal"),
+    ):
+        result = run("synth", str(tmp_path / "bad"), *options, *bad)
+        assert result.returncode == 2
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and message in lines[0], result.stderr
+        assert not (tmp_path / "bad").exists()
+
+
 def test_synth_then_info(tmp_path):
     out = tmp_path / "cohort"
     result = run("synth", str(out), "--subjects", "40", "--seed", "3")

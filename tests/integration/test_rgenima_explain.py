@@ -36,8 +36,13 @@ def test_training_runs_both_stages_and_records_the_snp_qc(run):
     assert fitted["text_tokens"] <= fitted["text_budget"] == SMALL["max_text_tokens"]
 
 
-def test_explain_writes_rollout_stability_enrichment_and_planted_truth(run):
-    folder = explain_run(run, n_boot=100)
+@pytest.fixture(scope="module")
+def explained(run):
+    return explain_run(run, n_boot=100)
+
+
+def test_explain_writes_rollout_stability_enrichment_and_planted_truth(explained):
+    folder = explained
     summary = json.loads((folder / "summary.json").read_text())
     for name in summary["files"]:
         assert (folder / name).stat().st_size > 0
@@ -62,6 +67,24 @@ def test_explain_writes_rollout_stability_enrichment_and_planted_truth(run):
     assert set(truth["regions_earliest"]) == {"attention", "attribution"}
     for table in truth["regions_affected"].values():
         assert table["n_truth"] == 48 and table["recall@10"]["random"] == 10 / 83
+        assert table["precision@10"]["random"] == 48 / 83 and table["auroc"]["random"] == 0.5
+        assert 0 <= table["auroc"]["model"] <= 1
+    # per atrophy stage of truth.json (4 of them), alone and with the earlier ones
+    stages = truth["regions_by_stage"]["attribution"]
+    assert [row["stage"] for row in stages] == [1, 2, 3, 4]
+    assert sum(row["n_truth"] for row in stages) == stages[-1]["cumulative"]["n_truth"] == 48
     with open(folder / "genes.csv") as handle:
         header = next(csv.reader(handle))
     assert header == ["rank", "gene", "attention", "attribution", "association"]
+
+
+def test_the_explain_command_prints_the_planted_truth_headline(run, explained, monkeypatch):
+    from typer.testing import CliRunner
+
+    from adfuse.cli import app
+
+    monkeypatch.setattr("adfuse.explain.explain_run", lambda *args, **options: explained)
+    result = CliRunner().invoke(app, ["explain", str(run)])
+    assert result.exit_code == 0, result.output
+    assert "planted truth, atrophy regions (48 of 83), best ranking" in result.output
+    assert "planted truth, causal genes" in result.output

@@ -12,6 +12,7 @@ import torch
 
 from adfuse import models
 from adfuse.data.cohort import ModalitySpec
+from adfuse.errors import ConfigError
 from adfuse.models.layers import genetic_prompt as gp
 from adfuse.prepare import Batch, PrepareConfig
 from tests.models.conftest import make_spec, random_batch
@@ -236,6 +237,7 @@ def test_stage_one_trains_rit_on_the_task_then_stage_two_keeps_it_frozen():
     model = build()
     image, fusion = model.stages()
     assert image.name == "image" and set(image.trainable) == {"image_encoder.", "image_head."}
+    assert image.epochs is None and build(image_epochs=7).stages()[0].epochs == 7
     names = [n for n, _ in model.named_parameters()]
     assert not any(fusion.applies_to(n) for n in names if n.startswith("image_"))
     assert any(fusion.applies_to(n) for n in names if n.startswith("connector"))
@@ -385,26 +387,60 @@ def test_tiny_llama_through_a_local_path(tmp_path):
 
 
 # ----------------------------------------------------------------------------- attribution
-def test_attribution_is_zero_for_genotypes_at_the_reference_and_regions_at_the_baseline():
+def test_attribution_is_zero_for_genotypes_at_the_reference_and_crops_at_the_baseline():
     model = build().eval()
     batch = random_batch(model, n=3, seed=5, present="all")
     batch.inputs["genotype"][0] = 0.0  # subject 0: every genotype 0/0 (snp_mean 0, scale 1)
-    tokens, _ = model.image_tokens(batch)
-    baseline = tokens[1].detach()  # subject 1's region tokens are the baseline
-    out = model.attribution(batch, baseline)
-    genes = out["gene"] >= 0
-    regions = out["region"] >= 0
-    assert out["contribution"][0][genes[0]].abs().max() < 1e-6
-    assert out["contribution"][1][regions[1]].abs().max() < 1e-6
-    assert out["contribution"][2][genes[2]].abs().sum() > 0
-    assert out["contribution"][2][regions[2]].abs().sum() > 0
+    baseline = batch.inputs["t1"][1].clone()  # subject 1's crops are the baseline
+    for steps in (0, 3):
+        out = model.attribution(batch, baseline, steps)
+        genes, regions = out["gene"] >= 0, out["region"] >= 0
+        assert out["crops"].shape == batch.inputs["t1"].shape
+        assert out["contribution"][0][genes[0]].abs().max() < 1e-6
+        assert out["crops"][1].abs().max() < 1e-6
+        assert out["contribution"][2][genes[2]].abs().sum() > 0
+        assert out["crops"][2].abs().sum() > 0
+        assert (out["contribution"][regions] == 0).all()  # the regions' part is per voxel
+    with pytest.raises(ConfigError, match="steps"):
+        model.attribution(batch, baseline, -1)
+
+
+def test_attribution_differentiates_down_to_the_voxels_through_the_vit():
+    """Each voxel's gradient goes through RiT's ViT, which mixes the regions: changing region 0's
+    crop moves the contributions of the other regions' voxels too (a token-level attribution,
+    cut at the ViT's output, would assign region r only what its own token carries)."""
+    model = build(vit_layers=2).eval()
+    batch = random_batch(model, n=2, seed=6, present="all")
+    baseline = batch.inputs["t1"].mean(dim=0)
+    before = model.attribution(batch, baseline)["crops"]
+    batch.inputs["t1"][:, 0] += 1.0
+    after = model.attribution(batch, baseline)["crops"]
+    assert (after[:, 1:] - before[:, 1:]).abs().sum() > 0
+
+
+def test_integrated_gradients_add_up_to_the_change_of_the_score():
+    """Completeness: with the SNP text fixed, the voxel contributions of integrated gradients sum
+    to score(crops) - score(baseline crops); a single gradient (steps=0) only estimates it."""
+    model = build().eval()
+    batch = random_batch(model, n=3, seed=7, present="all")
+    baseline = batch.inputs["t1"].mean(dim=0)
+
+    def score(crops):
+        inputs = batch.inputs | {"t1": crops}
+        with torch.no_grad():
+            out = model(Batch(inputs, batch.present, batch.target, batch.ids))
+        return model._score(out, batch.target)
+
+    change = score(batch.inputs["t1"]) - score(baseline.expand_as(batch.inputs["t1"]))
+    total = {k: model.attribution(batch, baseline, k)["crops"].flatten(1).sum(1) for k in (0, 32)}
+    torch.testing.assert_close(total[32], change, rtol=0.02, atol=2e-3)
+    assert (total[32] - change).abs().sum() < (total[0] - change).abs().sum()
 
 
 def test_attribution_finds_the_region_a_trained_model_depends_on():
     """Known answer: the class is a SNP's dosage plus a shift of region 3's intensity; after
-    training, region 3 has the largest attribution (the SNP's gene: see the report on issue 8)."""
-    from adfuse.explain.rollout import token_sums
-
+    training, region 3's voxels have the largest attribution (the SNP's gene: see the report on
+    issue 8)."""
     model = build(seed=0)
     image, fusion = model.stages()
     generator = torch.Generator().manual_seed(0)
@@ -428,7 +464,7 @@ def test_attribution_finds_the_region_a_trained_model_depends_on():
             model.loss(batch, model(batch)).backward()
             optimizer.step()
     model.begin_stage(None)
-    tokens, _ = model.image_tokens(batch)
-    out = model.attribution(batch, tokens.mean(dim=0).detach())
-    regions = token_sums(out["contribution"], out["region"], 5).abs().mean(dim=0)
-    assert int(regions.argmax()) == 3
+    out = model.attribution(batch, crops.mean(dim=0), steps=4)
+    per_region = out["crops"].flatten(2).sum(dim=2)  # [subjects, regions]
+    assert int(per_region.mean(dim=0).argmax()) == 3  # toward each subject's own class
+    assert int(per_region.abs().mean(dim=0).argmax()) == 3

@@ -239,3 +239,22 @@ def test_metrics_with_ci_layout():
     assert regression["mae"]["value"] == pytest.approx(1.0)
     with pytest.raises(ConfigError, match="task kind"):
         metrics_with_ci("ranking", y, proba, THREE, 10, 0)
+
+
+def test_no_bootstrap_gives_the_point_values_without_an_interval(tmp_path):
+    """``n_boot=0`` (TrainConfig allows it): metrics.json keeps the values, the bounds are null."""
+    import json
+
+    from adfuse.evaluate import write_metrics
+
+    y, proba = random_case(60, 3, seed=9)
+    out = metrics_with_ci("classification", y, proba, THREE, n_boot=0, seed=0)
+    again = metrics_with_ci("classification", y, proba, THREE, n_boot=10, seed=0)
+    assert out["auc"]["value"] == again["auc"]["value"]
+    assert math.isnan(out["auc"]["low"]) and math.isnan(out["auc"]["high"])
+    saved = json.loads(write_metrics(tmp_path, out).read_text())
+    assert saved["auc"]["low"] is None and saved["auc"]["value"] == out["auc"]["value"]
+    with pytest.raises(ConfigError, match="n_boot must be at least 0"):
+        bootstrap_ci(y, proba, classification(THREE), n_boot=-1)
+    with pytest.raises(ConfigError, match="n_boot must be at least 1"):  # a p-value needs draws
+        paired_bootstrap(y, proba, proba, classification(THREE), n_boot=0)

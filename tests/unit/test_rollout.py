@@ -1,5 +1,6 @@
 """R-GenIMA interpretation: rollout on a hand-computed case, the ROI x gene matrix, bootstrap
-stability, Fisher enrichment and the planted-truth recall (adfuse.explain.rollout)."""
+stability, Fisher enrichment, the planted-truth metrics (recall, precision, AUROC, per atrophy
+stage, the headline) and the voxel-to-region sums (adfuse.explain.rollout)."""
 
 from __future__ import annotations
 
@@ -102,9 +103,94 @@ def test_planted_truth_recall_against_a_random_ranking():
     assert result["regions_affected"]["attention"]["recall@5"]["model"] == 1.0
     assert result["genes_chosen_for_text"]["recall"] == 1.0
     assert ro.recall_at_k(["a", "b", "c"], {"c"}, 2) == 0.0
+    # precision@k and AUROC beside recall: hippocampi 1st and 2nd, precuneus 5th of 5
+    affected = result["regions_affected"]["attention"]
+    assert affected["precision@3"] == {"model": pytest.approx(2 / 3), "random": 3 / 5}
+    assert affected["precision@5"]["model"] == pytest.approx(3 / 5)
+    # true-false pairs ranked right: 2 hippocampi x 2 others + precuneus x 0 = 4 of 3 x 2 = 6
+    assert affected["auroc"] == {"model": pytest.approx(4 / 6), "random": 0.5}
+    assert result["regions_earliest"]["attention"]["auroc"]["model"] == 1.0
+    # genes: APOE 1st, BIN1 3rd of the 3 ranked, ACTB and TBP unranked (tied last)
+    # APOE beats GAPDH, ACTB, TBP (3); BIN1 loses to GAPDH, beats ACTB, TBP (2) -> 5 of 6
+    assert result["genes"]["attention"]["auroc"]["model"] == pytest.approx(5 / 6)
+
+
+def test_planted_truth_per_atrophy_stage_and_cumulative():
+    regions = ["lh-hippocampus", "lh-cuneus", "rh-hippocampus", "lh-precuneus", "lh-insula"]
+    ranking = ["lh-precuneus", "lh-hippocampus", "lh-cuneus", "rh-hippocampus", "lh-insula"]
+    rankings = {"attribution": {"regions": ranking}, "association": {"genes": ["APOE"]}}
+    result = ro.planted_truth(TRUTH, rankings, genes=["APOE"], regions=regions, in_text=["APOE"])
+    first, second = result["regions_by_stage"]["attribution"]
+    assert set(result["regions_by_stage"]) == {"attribution"}
+    assert (first["stage"], first["n_truth"], second["n_truth"]) == (1, 2, 1)
+    # stage 1 (hippocampi, 2nd and 4th): beat 2 of 3 others, then 1 of 3 -> 3 of 6
+    assert first["auroc"]["model"] == pytest.approx(3 / 6)
+    assert first["recall@2"] == {"model": 0.5, "random": 2 / 5}
+    assert second["auroc"]["model"] == 1.0 and second["precision@1"]["model"] == 1.0
+    # stages 1..2: the three affected at places 1, 2 and 4 -> 3 + 3 + 1 = 5 of 3 x 2 pairs
+    assert second["cumulative"]["n_truth"] == 3
+    assert second["cumulative"]["auroc"]["model"] == pytest.approx(5 / 6)
+    assert first["cumulative"] == {
+        k: v for k, v in first.items() if k not in ("stage", "onset", "cumulative")
+    }
+
+
+def test_ranking_auroc_and_precision_by_hand():
+    assert ro.ranking_auroc(["a", "b", "c", "d"], {"a", "c"}) == 0.75  # a>b, a>d, c>d; b>c
+    assert ro.ranking_auroc(["a", "b", "c", "d"], {"d"}) == 0.0
+    assert ro.ranking_auroc(["a", "b"], {"a", "b"}) != ro.ranking_auroc(["a", "b"], {"a", "b"})
+    # c is unranked: it ties with d below a and b -> 0.5 of 3 pairs
+    assert ro.ranking_auroc(["a", "b"], {"c"}, ["a", "b", "c", "d"]) == pytest.approx(0.5 / 3)
+    assert ro.precision_at_k(["a", "b", "c"], {"a", "c"}, 2) == 0.5
+    assert ro.precision_at_k(["a"], {"a"}, 5) == 1.0  # of the ranked ones
+
+
+def test_headline_names_the_best_region_ranking_and_the_gene_recalls():
+    regions = ["lh-hippocampus", "lh-cuneus", "rh-hippocampus", "lh-precuneus", "lh-insula"]
+    rankings = {
+        "attention": {"genes": ["GAPDH", "APOE"], "regions": regions[::-1]},
+        "attribution": {"genes": ["APOE", "GAPDH"], "regions": regions},
+    }
+    genes = ["APOE", "BIN1", "GAPDH"]
+    result = ro.planted_truth(TRUTH, rankings, genes=genes, regions=regions, in_text=genes)
+    text = ro.headline(result)
+    lines = text.splitlines()
+    assert len(lines) == 2
+    # attribution: hippocampi 1st and 3rd beat 5 of 3 x 2 pairs; with the precuneus (4th) 4 of 6
+    assert "'attribution'" in lines[0] and "AUROC 0.67 (random 0.50)" in lines[0]
+    assert "stages 1..i: 0.83, 0.67" in lines[0] and "recall@5 1.00 (random 1.00)" in lines[0]
+    assert "attention recall@2 0.50 (random 0.67)" in lines[1]
+    assert "attribution recall@2 0.50 (random 0.67)" in lines[1]
 
 
 def test_token_sums_add_the_tokens_of_each_gene_or_region():
     values = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
     index = torch.tensor([[0, -1, 0, 1]])
     torch.testing.assert_close(ro.token_sums(values, index, 3), torch.tensor([[4.0, 4.0, 0.0]]))
+
+
+def test_region_label_crops_follow_the_roi_crops_and_their_neighbours():
+    # a 4 x 4 x 2 atlas (z repeats): region 5 at x 0-1 (but x 1, y 0-1), region 9 at x 1-3,
+    # y 0-1 (but x 3, y 1, background)
+    labels = np.zeros((4, 4, 2), dtype=np.int16)
+    labels[:2] = 5
+    labels[1:, :2] = 9
+    labels[3, 1] = 0
+    owner = ro.region_label_crops(labels, [5, 9], roi_size=2)
+    assert owner.shape == (2, 2, 2, 2)
+    assert (owner[:, :, :, 0] == owner[:, :, :, 1]).all()
+    # region 5's box (x 0-1, y 0-3) resized along y: its crop holds region 9 at x 1, y 0-1
+    assert owner[0, :, :, 0].tolist() == [[0, 0], [1, 0]]
+    # region 9's box (x 1-3, y 0-1) resized along x: the voxel sampled mostly at x 3, y 1 (a
+    # quarter region 9, three quarters background) is no region's
+    assert owner[1, :, :, 0].tolist() == [[1, 1], [1, -1]]
+
+
+def test_region_sums_by_hand_with_voxels_of_no_region():
+    voxels = torch.arange(16.0).reshape(1, 2, 2, 2, 2)  # two crops of 2^3 voxels
+    owner = torch.full((2, 2, 2, 2), -1)
+    owner[0, 0] = 0  # crop 0: its first x-slice (voxels 0-3) is region 0's
+    owner[1, 0, 0] = 0  # crop 1: voxels 8, 9 are region 0's too (an overlapping box)
+    owner[1, 1] = 1  # voxels 12-15 are region 1's; 10, 11 and 4-7 belong to no region
+    sums = ro.region_sums(torch.cat([voxels, 2 * voxels]), owner, 2)
+    torch.testing.assert_close(sums, torch.tensor([[23.0, 54.0], [46.0, 108.0]]))

@@ -59,10 +59,14 @@ are not decided by which genes reach the text. When the text still exceeds the b
 panel), SNPs are kept by training-split association (strongest first, ``snps_per_gene`` per gene at
 most): a cpu-sized stand-in for the paper's hand-picked 105-gene candidate panel.
 
-``attribution`` (used by ``explain``, not in the paper): gradient x input of each token against a
-reference input (genotypes 0/0, each region at the cohort's mean RiT token), a first-order
-occlusion that ranks genes and regions by the model's use of their content rather than by where
-attention flows.
+``attribution`` (used by ``explain``, not in the paper) ranks genes and regions by what the fused
+model's score owes to their content rather than by where attention flows: for the genes, gradient
+x input of the SNP-text tokens against genotypes written 0/0; for the regions, integrated
+gradients down to the **voxels** of the ROI crops against the cohort's mean crops, through RiT,
+connector, language model and head (RiT's ViT mixes the region tokens, so the token at position r
+after it is not region r's content: a token-level attribution there ranked the planted atrophy
+regions at about the random rate); ``explain`` sums the voxels per atlas region.
+``image_epochs``: stage 1 (RiT alone, cheap) may train longer than the fusion stage.
 """
 
 from __future__ import annotations
@@ -105,6 +109,7 @@ class RgenimaConfig(ModelConfig):
     fusion: Literal["attention", "concat"] = "attention"
     training_data: Literal["mixture", "paired", "gene_only"] = "mixture"
     hidden: int = Field(64, ge=4)
+    image_epochs: int | None = Field(None, ge=1)  # stage 1 (RiT, cheap); None: the run's epochs
     dropout: float = Field(0.1, ge=0, lt=1)
 
 
@@ -388,10 +393,14 @@ class RGenIMA(AdfuseModel):
         return self.image_modality is not None and self.phase == "image"
 
     # ------------------------------------------------------------------ 3. fusion
-    def sequence(self, batch, image_tokens, image_present, genetic_present, reference=False):
+    def sequence(
+        self, batch, image_tokens, image_present, genetic_present, reference=False, detach=True
+    ):
         """Input embeddings ``[B, L, width]`` of ``start, regions, SNP text, end`` with the absent
         parts left out (real tokens first, then padding), the mask, and per token its region index
-        and gene index (-1 where it is neither). ``reference``: genotypes written as 0/0."""
+        and gene index (-1 where it is neither). ``reference``: genotypes written as 0/0.
+        ``detach``: the region tokens are cut from RiT's graph (RiT is frozen after stage 1);
+        ``attribution`` keeps them attached to differentiate down to the voxels."""
         n = len(batch.ids)
         device = batch.target.device
         special = torch.tensor([self.start_id], device=device).expand(n, 1)
@@ -403,7 +412,7 @@ class RGenIMA(AdfuseModel):
         )
         if image_tokens is not None:
             count = image_tokens.shape[1]
-            parts.append(self.connector(image_tokens.detach()))
+            parts.append(self.connector(image_tokens.detach() if detach else image_tokens))
             masks.append(image_present[:, None].expand(n, count))
             regions.append(torch.arange(count, device=device).expand(n, -1))
             genes.append(torch.full((n, count), -1, device=device))
@@ -538,7 +547,7 @@ class RGenIMA(AdfuseModel):
             for n, p in self.named_parameters(recurse=False)
             if n not in image_parts and p.requires_grad
         ]
-        stages = [Stage("image", tuple(f"{p}." for p in image_parts))]
+        stages = [Stage("image", tuple(f"{p}." for p in image_parts), self.config.image_epochs)]
         return [*(stages if self.image_modality else []), Stage("fusion", tuple(fusion))]
 
     def stages(self) -> list[Stage]:
@@ -577,40 +586,76 @@ class RGenIMA(AdfuseModel):
             base.set_attn_implementation(previous)
         return {"attentions": list(out.attentions), "mask": mask, "region": region, "gene": gene}
 
-    def attribution(self, batch, region_baseline: torch.Tensor) -> dict:
-        """Gradient x input of every token of the fused sequence, against a reference input
-        (integrated over nothing: the first-order term of an occlusion): the text with every
-        genotype written 0/0 (the gene and SNP tokens cancel, only the subject's genotypes count)
-        and each region token replaced by ``region_baseline [R, dim]`` (the cohort's mean RiT token
-        of that region). The score differentiated is the subject's class logit minus the mean
-        logit (not the log-probability, which saturates on confident subjects) or the prediction
-        (regression). Returns ``contribution [B, L]`` (summed
-        over the embedding) with ``mask``, ``region`` and ``gene`` as in ``attention_layout``."""
-        if self.config.fusion != "attention":
-            raise ConfigError("rgenima explain: fusion='concat' has no cross-modal attention")
+    def attribution(self, batch, crop_baseline: torch.Tensor, steps: int = 0) -> dict:
+        """What the fused model's score owes to each input, against a reference input:
+
+        - genes: gradient x input of every token of the SNP text against the text with every
+          genotype written 0/0 (the gene and SNP tokens cancel, only the subject's genotypes
+          count), the first-order term of an occlusion;
+        - regions: every **voxel** of the ROI crops against ``crop_baseline [R, s, s, s]`` (the
+          cohort's mean crops), the gradient taken through RiT (its ViT mixes the region tokens,
+          so the token at position r is not region r's content alone), the connector, the
+          language model and the head; only this call keeps the region tokens attached to RiT.
+          ``steps=0``: gradient x input (the gradient at the crops); ``steps=k``: integrated
+          gradients (Sundararajan et al. 2017), the gradient averaged over k midpoints
+          (j - 1/2) / k of the straight path from the baseline to the crops, which sums to the
+          change of the score along that path where a single gradient is only its first-order
+          estimate (k + 1 passes through the model in all).
+
+        The score differentiated is the subject's class logit minus the mean logit (not the
+        log-probability, which saturates on confident subjects) or the prediction (regression).
+        Returns ``contribution [B, L]`` (per token, summed over the embedding; zero on the region
+        tokens, whose part is in ``crops``), ``crops [B, R, s, s, s]`` (per voxel) and ``mask``,
+        ``region`` and ``gene`` as in ``attention_layout``."""
+        if self.config.fusion != "attention" or self.config.image_encoder != "rit":
+            raise ConfigError("rgenima attribution: needs RiT and cross-modal attention fusion")
+        if steps < 0:
+            raise ConfigError(f"rgenima attribution: steps must be 0 or more (got {steps})")
         self.eval()
-        with torch.no_grad():
-            image_tokens, image_present = self.image_tokens(batch)
-            genetic_present = batch.present["genotype"]
-            embeddings, mask, region, gene = self.sequence(
-                batch, image_tokens, image_present, genetic_present
-            )
-            baseline = region_baseline.to(image_tokens).expand_as(image_tokens)
-            reference, *_ = self.sequence(
-                batch, baseline, image_present, genetic_present, reference=True
-            )
-        with torch.enable_grad():
-            embeddings = embeddings.detach().requires_grad_(True)
-            states = self.encode(embeddings, mask).last_hidden_state
-            out = self.head(masked_mean(states, mask))
-            if self.task_kind == "classification":
-                chosen = batch.target.clamp(min=0)[:, None]
-                score = (out - out.mean(dim=-1, keepdim=True)).gather(1, chosen).squeeze(1)
-            else:
-                score = out.reshape(len(out), -1).sum(dim=1)
-            (gradient,) = torch.autograd.grad(score.sum(), embeddings)
-        contribution = (gradient * (embeddings - reference)).sum(dim=-1).detach()
-        return {"contribution": contribution * mask, "mask": mask, "region": region, "gene": gene}
+        modality = self.image_modality
+        image_present = batch.present[modality]
+        genetic_present = batch.present["genotype"]
+        crops = batch.inputs[modality].detach().float()
+        baseline = crop_baseline.to(crops)
+        crop_gradient = torch.zeros_like(crops)
+        path = [(j - 0.5) / steps for j in range(1, steps + 1)]
+        for number, position in enumerate([1.0, *path]):  # the crops themselves first
+            point = (baseline + position * (crops - baseline)).requires_grad_(True)
+            with torch.enable_grad():
+                image_tokens = self.image_encoder.encode(point, image_present)
+                embeddings, mask, region, gene = self.sequence(
+                    batch, image_tokens, image_present, genetic_present, detach=False
+                )
+                if not embeddings.requires_grad:  # nothing trainable upstream (a frozen model)
+                    embeddings.requires_grad_(True)
+                states = self.encode(embeddings, mask).last_hidden_state
+                score = self._score(self.head(masked_mean(states, mask)), batch.target)
+                token_gradient, point_gradient = torch.autograd.grad(
+                    score.sum(), (embeddings, point), allow_unused=True
+                )
+            if number == 0:
+                with torch.no_grad():
+                    reference, *_ = self.sequence(
+                        batch, image_tokens.detach(), image_present, genetic_present, reference=True
+                    )
+                contribution = (token_gradient * (embeddings.detach() - reference)).sum(dim=-1)
+            if point_gradient is not None and (number > 0 or steps == 0):  # None: no T1
+                crop_gradient += point_gradient / max(steps, 1)
+        present = image_present.to(crops.dtype).reshape(-1, *[1] * (crops.dim() - 1))
+        return {
+            "contribution": contribution * mask,
+            "crops": crop_gradient * (crops - baseline) * present,
+            "mask": mask,
+            "region": region,
+            "gene": gene,
+        }
+
+    def _score(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per subject: its class logit minus the mean logit, or the prediction (regression)."""
+        if self.task_kind == "classification":
+            chosen = target.clamp(min=0)[:, None]
+            return (out - out.mean(dim=-1, keepdim=True)).gather(1, chosen).squeeze(1)
+        return out.reshape(len(out), -1).sum(dim=1)
 
 
 @register(
