@@ -86,5 +86,6 @@ def test_the_explain_command_prints_the_planted_truth_headline(run, explained, m
     monkeypatch.setattr("adfuse.explain.explain_run", lambda *args, **options: explained)
     result = CliRunner().invoke(app, ["explain", str(run)])
     assert result.exit_code == 0, result.output
-    assert "planted truth, atrophy regions (48 of 83), best ranking" in result.output
+    assert "planted truth, atrophy regions (48 of 83), 'attention'" in result.output
+    assert "planted truth, atrophy regions (48 of 83), 'attribution'" in result.output
     assert "planted truth, causal genes" in result.output

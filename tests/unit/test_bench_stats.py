@@ -297,3 +297,41 @@ def test_planted_truth_claim_against_a_random_ranking(tmp_path):
     )
     weak = _claim_row(claims.evaluate_claims(runs(2), ["rgenima"], 100), "rgenima-planted-truth")
     assert weak["verdict"] == "does not hold"
+
+
+def test_planted_regions_claim_is_decided_by_attention_with_attribution_beside_it(tmp_path):
+    import json
+
+    def runs(attention_auroc: float):
+        made = []
+        for seed in (0, 1):
+            record = fake_record("rgenima", "rgenima", seed, 0.5, task="stage4")
+            record.folder = tmp_path / f"{attention_auroc}-{seed}"
+            (record.folder / "explain").mkdir(parents=True)
+
+            def rows(auroc):  # as explain writes it: per ranking, one row per atrophy stage
+                return [{"stage": 1, "n_truth": 10, "n_candidates": 80, "auroc": {
+                    "model": auroc, "random": 0.5}}]  # fmt: skip
+
+            truth = {
+                "regions_by_stage": {"attention": rows(attention_auroc), "attribution": rows(0.95)}
+            }
+            (record.folder / "explain" / "planted_truth.json").write_text(json.dumps(truth))
+            made.append(record)
+        return made
+
+    strong = _claim_row(
+        claims.evaluate_claims(runs(0.9), ["rgenima"], 100), "rgenima-planted-regions"
+    )
+    assert strong["verdict"] == "holds"
+    assert "attention AUROC 0.90" in strong["adfuse_figure"]
+    assert "attribution AUROC 0.95" in strong["adfuse_figure"]
+    weak = _claim_row(
+        claims.evaluate_claims(runs(0.45), ["rgenima"], 100), "rgenima-planted-regions"
+    )
+    assert weak["verdict"] == "does not hold"
+    # a slight edge over 0.5 with 10 of 80 regions is not significant
+    edge = _claim_row(
+        claims.evaluate_claims(runs(0.55), ["rgenima"], 100), "rgenima-planted-regions"
+    )
+    assert edge["verdict"] == "inconclusive"

@@ -16,7 +16,9 @@ Verdicts (the rules, applied alike to every claim):
   holds for a majority that a one-sided sign test finds significant, does not hold without a
   majority; and the mean relative RMSE change with FLAIR, amyloid or tau alone (t-interval).
 - planted truth (R-GenIMA): recall@10 of the causal genes in the explainer's gene ranking against
-  a random ranking (hypergeometric p per run, Fisher's method across seeds).
+  a random ranking (hypergeometric p per run, Fisher's method across seeds); for the regions, the
+  AUROC of the earliest atrophy stage's regions in the paper's ranking (attention rollout) against
+  0.5 (one-sided Mann-Whitney p per run, Fisher's method), adfuse's attribution ranking beside it.
 Fewer than ``MIN_SEEDS`` seeds, a model not registered here, or no runs for a variant: inconclusive,
 with the reason.
 """
@@ -70,7 +72,7 @@ class Claim:
     paper: str
     claim: str
     paper_figure: str
-    kind: str  # better | cost | combinations | single_modality | planted
+    kind: str  # better | cost | combinations | single_modality | planted | planted_regions
     task: str
     fraction: float = 1.0
     parts: tuple[tuple[Variant, Variant], ...] = ()  # (claimed better, other)
@@ -201,6 +203,15 @@ CLAIMS: tuple[Claim, ...] = (
         "stage4",
         parts=((V("rgenima"), V("rgenima")),),
     ),
+    Claim(
+        "rgenima-planted-regions",
+        "R-GenIMA (arXiv 2512.18986)",
+        "attention-based attribution reveals stage-specific brain regions (the planted atrophy)",
+        "stage-specific signatures (striatal, frontotemporal, cerebellar); no ground truth in ADNI",
+        "planted_regions",
+        "stage4",
+        parts=((V("rgenima"), V("rgenima")),),
+    ),
 )
 
 
@@ -313,6 +324,7 @@ def _evaluate(claim, records, registered, n_boot, dataset, cache_dir, work_dir) 
         "combinations": _combinations,
         "single_modality": _combinations,
         "planted": _planted,
+        "planted_regions": _planted_regions,
     }[claim.kind]
     return handler(claim, sides, names, n_boot, dataset=dataset, cache_dir=cache_dir, work=work_dir)
 
@@ -508,8 +520,8 @@ def _planted(claim, sides, names, n_boot, **_) -> Outcome:
     found = []
     for run in runs:
         path = run.folder / "explain" / "planted_truth.json"
-        if path.exists():
-            found.append((run, json.loads(path.read_text())))
+        if path.exists() and (truth := json.loads(path.read_text())).get("genes"):
+            found.append((run, truth))
     if not found:
         return Outcome(
             "-",
@@ -549,3 +561,70 @@ def _planted(claim, sides, names, n_boot, **_) -> Outcome:
     else:
         verdict, reason = "inconclusive", "recall above random but not significantly"
     return Outcome(figure, verdict, reason, [r.name for r, _ in found])
+
+
+def _planted_regions(claim, sides, names, n_boot, **_) -> Outcome:
+    """AUROC of the earliest atrophy stage's regions per ranking of ``planted_truth.json``; the
+    verdict is the paper's ranking's (attention rollout), adfuse's attribution is reported."""
+    from scipy.stats import combine_pvalues, norm
+
+    runs = sides[0][0]
+    per_ranking: dict[str, list[tuple[float, float]]] = {}
+    found = []
+    for run in runs:
+        path = run.folder / "explain" / "planted_truth.json"
+        if not path.exists():
+            continue
+        by_stage = json.loads(path.read_text()).get("regions_by_stage") or {}
+        if not by_stage:
+            continue
+        found.append(run.name)
+        for name, rows in by_stage.items():
+            first = rows[0]
+            n1 = first["n_truth"]
+            n2 = first["n_candidates"] - n1
+            auroc = first["auroc"]["model"]
+            # one-sided Mann-Whitney (normal approximation): the stage's regions rank higher
+            z = (auroc - 0.5) * n1 * n2 / math.sqrt(n1 * n2 * (n1 + n2 + 1) / 12)
+            per_ranking.setdefault(name, []).append((auroc, float(norm.sf(z))))
+    if not found:
+        return Outcome(
+            "-",
+            "inconclusive",
+            "no planted_truth.json with per-stage region tables in the runs' explain folders",
+            [r.name for r in runs],
+        )
+
+    def summary(name: str) -> tuple[float, float]:
+        values = per_ranking[name]
+        p_values = [p for _, p in values]
+        p = (
+            float(combine_pvalues(p_values, method="fisher").pvalue)
+            if len(values) > 1
+            else p_values[0]
+        )
+        return float(np.mean([a for a, _ in values])), p
+
+    parts = []
+    for name in sorted(per_ranking, key=lambda n: n != "attention"):
+        auroc, p = summary(name)
+        parts.append(f"{name} AUROC {auroc:.2f} (p = {p:.3g})")
+    seeds = len(found)
+    figure = (
+        f"earliest atrophy stage's regions: {'; '.join(parts)}; random 0.50 "
+        f"({seeds} seed{'s' if seeds != 1 else ''})"
+    )
+    few = _too_few(seeds)
+    if few or "attention" not in per_ranking:
+        return Outcome(figure, "inconclusive", few or "no attention ranking", found)
+    auroc, p = summary("attention")
+    if p < 0.05 and auroc > 0.5:
+        verdict, reason = "holds", "Mann-Whitney p per run, Fisher's method across seeds"
+    elif auroc <= 0.5:
+        verdict, reason = (
+            "does not hold",
+            "attention ranks the planted regions no better than random",
+        )
+    else:
+        verdict, reason = "inconclusive", "AUROC above 0.5 but not significantly"
+    return Outcome(figure, verdict, reason, found)
