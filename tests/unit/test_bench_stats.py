@@ -273,23 +273,28 @@ def test_permoe_claims_count_combinations_and_single_images(tmp_path):
     assert _claim_row(table, "permoe-combinations")["verdict"] == "inconclusive"
 
 
-def test_planted_truth_claim_against_a_random_ranking(tmp_path):
+def _explained_runs(folder, truth: dict) -> list:
+    """Two seeds of an rgenima run whose explain folder holds ``truth`` as planted_truth.json."""
     import json
 
+    made = []
+    for seed in (0, 1):
+        record = fake_record("rgenima", "rgenima", seed, 0.5, task="stage4")
+        record.folder = folder / str(seed)
+        (record.folder / "explain").mkdir(parents=True)
+        (record.folder / "explain" / "planted_truth.json").write_text(json.dumps(truth))
+        made.append(record)
+    return made
+
+
+def test_planted_truth_claim_against_a_random_ranking(tmp_path):
     def runs(hits: int):
-        made = []
-        for seed in (0, 1):
-            record = fake_record("rgenima", "rgenima", seed, 0.5, task="stage4")
-            record.folder = tmp_path / f"{hits}-{seed}"
-            (record.folder / "explain").mkdir(parents=True)
-            # as explain writes it: one table per ranking; the claim is about attention's
-            table = {"n_truth": 10, "n_candidates": 40, "recall@10": {
-                "model": hits / 10, "random": 10 / 40}}  # fmt: skip
-            other = table | {"recall@10": {"model": 1.0, "random": 10 / 40}}
-            truth = {"genes": {"attention": table, "attribution": other, "association": other}}
-            (record.folder / "explain" / "planted_truth.json").write_text(json.dumps(truth))
-            made.append(record)
-        return made
+        # as explain writes it: one table per ranking; the claim is about attention's
+        table = {"n_truth": 10, "n_candidates": 40, "recall@10": {
+            "model": hits / 10, "random": 10 / 40}}  # fmt: skip
+        other = table | {"recall@10": {"model": 1.0, "random": 10 / 40}}
+        truth = {"genes": {"attention": table, "attribution": other, "association": other}}
+        return _explained_runs(tmp_path / str(hits), truth)
 
     strong = _claim_row(claims.evaluate_claims(runs(7), ["rgenima"], 100), "rgenima-planted-truth")
     assert (
@@ -300,25 +305,15 @@ def test_planted_truth_claim_against_a_random_ranking(tmp_path):
 
 
 def test_planted_regions_claim_is_decided_by_attention_with_attribution_beside_it(tmp_path):
-    import json
+    def rows(auroc):  # as explain writes it: per ranking, one row per atrophy stage
+        return [{"stage": 1, "n_truth": 10, "n_candidates": 80, "auroc": {
+            "model": auroc, "random": 0.5}}]  # fmt: skip
 
     def runs(attention_auroc: float):
-        made = []
-        for seed in (0, 1):
-            record = fake_record("rgenima", "rgenima", seed, 0.5, task="stage4")
-            record.folder = tmp_path / f"{attention_auroc}-{seed}"
-            (record.folder / "explain").mkdir(parents=True)
-
-            def rows(auroc):  # as explain writes it: per ranking, one row per atrophy stage
-                return [{"stage": 1, "n_truth": 10, "n_candidates": 80, "auroc": {
-                    "model": auroc, "random": 0.5}}]  # fmt: skip
-
-            truth = {
-                "regions_by_stage": {"attention": rows(attention_auroc), "attribution": rows(0.95)}
-            }
-            (record.folder / "explain" / "planted_truth.json").write_text(json.dumps(truth))
-            made.append(record)
-        return made
+        truth = {
+            "regions_by_stage": {"attention": rows(attention_auroc), "attribution": rows(0.95)}
+        }
+        return _explained_runs(tmp_path / str(attention_auroc), truth)
 
     strong = _claim_row(
         claims.evaluate_claims(runs(0.9), ["rgenima"], 100), "rgenima-planted-regions"
