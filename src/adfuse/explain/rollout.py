@@ -13,8 +13,8 @@
    the GWAS AD-locus list shipped in ``adfuse/resources/gwas_ad_loci.tsv``; the universe is every
    annotated gene of the dataset.
 5. **Attribution** (not in the paper; ``RGenIMA.attribution``). Genes: gradient x input of their
-   text tokens against genotypes written 0/0; per gene the mean over subjects of |sum over its
-   tokens|. Regions: integrated gradients (``steps`` midpoints of the path, default 4; 0 is plain
+   text tokens against genotypes written 0/0, summed over the gene's tokens, then scored like a
+   region (below: toward each subject's own class). Regions: integrated gradients (``steps`` midpoints of the path, default 4; 0 is plain
    gradient x input) of the fused score with respect to the **voxels** of the ROI crops, against
    the mean crop of the subjects explained. The gradient goes through RiT's ViT, which mixes the
    region tokens (the token at position r after it is not region r's content), so it is taken down
@@ -36,7 +36,11 @@
    where the token-level gradient x input it replaced reached 0.59-0.93 and 0.64-0.85 and attention
    rollout 0.35-0.58 and 0.17-0.83. With the generator's default effect sizes (0.05-0.12 SD per
    allele) only APOE is detectable in a few hundred subjects, by any method (``adfuse synth
-   --causal-effect`` plants stronger ones).
+   --causal-effect`` plants stronger ones). With 5 planted genes of 0.8-1.2 SD on 200 CN/AD
+   subjects (300 SNPs, 39 genes, all in the text; the test's second setting) the causal genes
+   (APOE + 5) rank at AUROC 0.87 and 0.76 by attention rollout (seeds 0 and 1; recall@10 0.67
+   and 0.33, random 0.26) and 0.76 and 0.89 by attribution (recall@10 0.50 and 0.67); the
+   training-split association, the data's own answer, at 0.83 and 0.88.
 
 Writes, atomically, into the explain folder: ``roi_gene.npy`` ([subjects, regions, genes]),
 ``subjects.csv``, ``pairs.csv``, ``genes.csv``, ``regions.csv``, ``enrichment.json``,
@@ -263,12 +267,13 @@ def rgenima_rollout(
     gene_ranking = [genes[listed[g]] for g in np.argsort(-gene_score, kind="stable")]
     region_score = overall.mean(axis=1)
     region_ranking = [regions[r] for r in np.argsort(-region_score, kind="stable")]
-    gene_effect = np.abs(gene_attribution[:, listed]).mean(axis=0)
-    # classification: the mean contribution toward each subject's own class (a region the model
-    # reads consistently scores high, noise averages out); regression: the mean magnitude (the
-    # signed contributions to a prediction average to about zero against the mean crop)
+    # classification: the mean contribution toward each subject's own class (a region or gene the
+    # model reads consistently scores high, noise averages out); regression: the mean magnitude
+    # (the signed contributions to a prediction average to about zero against the reference)
     classification = session.task.kind == "classification"
     region_effect = (region_attribution if classification else np.abs(region_attribution)).mean(0)
+    genes_listed = gene_attribution[:, listed]
+    gene_effect = (genes_listed if classification else np.abs(genes_listed)).mean(axis=0)
     association = _association(listed, model)
     _write_csv(
         out_dir / "genes.csv",

@@ -40,6 +40,12 @@ class Stage:
     epochs: int | None = None  # None: the run's --epochs
     lr: float | None = None  # None: the run's learning rate
     weight_decay: float | None = None
+    # (name prefix, factor): parameters that learn at factor x the stage's lr (e.g. a new head
+    # beside a pretrained network); the first matching prefix counts
+    lr_scale: tuple[tuple[str, float], ...] = ()
+
+    def lr_factor(self, parameter_name: str) -> float:
+        return next((f for prefix, f in self.lr_scale if parameter_name.startswith(prefix)), 1.0)
 
     def applies_to(self, parameter_name: str) -> bool:
         return not self.trainable or parameter_name.startswith(self.trainable)

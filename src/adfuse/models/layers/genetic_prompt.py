@@ -261,6 +261,17 @@ class GeneticPrompt:
         return ids.gather(1, index), genes.gather(1, index)
 
 
+def strongest_per_gene(
+    members: list[list[int]], passing: np.ndarray, scores: np.ndarray, snps_per_gene: int | None
+) -> list[list[int]]:
+    """Per gene, its QC-passing SNPs by decreasing association score (at most ``snps_per_gene``;
+    ties keep the annotation order)."""
+    ranked = [
+        sorted((i for i in indices if passing[i]), key=lambda i: -scores[i]) for indices in members
+    ]
+    return [r[:snps_per_gene] for r in ranked] if snps_per_gene is not None else ranked
+
+
 def choose_snps(
     prompt: GeneticPrompt,
     passing: np.ndarray,
@@ -271,11 +282,9 @@ def choose_snps(
     """The SNPs written in the text: per gene, its QC-passing SNPs by decreasing association score
     (at most ``snps_per_gene``); then, strongest first, as many as fit in ``budget`` tokens."""
     candidates = []  # (score, gene, snp)
-    for gene, members in enumerate(prompt.members):
-        ranked = sorted((i for i in members if passing[i]), key=lambda i: -scores[i])
-        if snps_per_gene is not None:
-            ranked = ranked[:snps_per_gene]
-        candidates += [(scores[i], gene, i) for i in ranked]
+    ranked = strongest_per_gene(prompt.members, passing, scores, snps_per_gene)
+    for gene, snps in enumerate(ranked):
+        candidates += [(scores[i], gene, i) for i in snps]
     candidates.sort(key=lambda item: -item[0])
     keep = np.zeros(len(passing), dtype=bool)
     chosen: dict[int, list[int]] = {}
