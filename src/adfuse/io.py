@@ -112,17 +112,21 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 @contextmanager
 def atomic_target(path: Path) -> Iterator[Path]:
-    """A temporary sibling path for a writer that wants a file name (safetensors); it replaces
-    ``path`` when the block ends without error."""
+    """A path for a writer that wants a file name (safetensors), inside a temporary sibling
+    folder; it replaces ``path`` when the block ends without error. The folder holds whatever
+    the writer makes beside its file (safetensors >= 0.7 writes a ``.tmpXXXXXX`` of its own and
+    renames it), so that a kill leaves nothing a later cleanup does not recognise."""
     path = Path(path)
-    handle, temporary = _new_temporary_file(path)
-    os.close(handle)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path.parent, path.name)
+    folder = Path(tempfile.mkdtemp(prefix=temporary_prefix(path), dir=path.parent))
     try:
-        yield temporary
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+        target = folder / path.name
+        yield target
+        os.chmod(target, 0o666 & ~_umask())
+        os.replace(target, path)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -71,10 +71,27 @@ def test_a_file_write_removes_its_own_stale_temporaries_only(tmp_path, dead_pid)
     assert not left.exists() and other.exists()
     assert (tmp_path / "metrics.json").read_text() == "{}\n"
     with atomic_target(tmp_path / "history.csv") as temporary:
-        assert temporary.name.startswith(f".history.csv.tmp-{os.getpid()}-")
+        assert temporary.parent.name.startswith(f".history.csv.tmp-{os.getpid()}-")
         temporary.write_text("epoch\n")
     assert not other.exists() and (tmp_path / "history.csv").read_text() == "epoch\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["history.csv", "metrics.json"]
+
+
+def test_what_a_writer_makes_beside_its_file_never_stays(tmp_path, dead_pid):
+    """safetensors writes its own ``.tmpXXXXXX`` next to the file it is given and renames it: a
+    kill in between left it in checkpoints/ (tests/reliability/test_crash.py saw one). The writer
+    now works inside a temporary folder of ours, which a failure removes, and a later write of the
+    same file removes when its process is dead."""
+    with pytest.raises(RuntimeError), atomic_target(tmp_path / "best.safetensors") as temporary:
+        (temporary.parent / ".tmpAbC123").write_bytes(b"half")
+        raise RuntimeError("killed mid-write")
+    assert list(tmp_path.iterdir()) == []
+    killed = tmp_path / f".best.safetensors.tmp-{dead_pid}-k2j4h5g6"  # a SIGKILLed write
+    killed.mkdir()
+    (killed / ".tmpXyZ789").write_bytes(b"half")
+    with atomic_target(tmp_path / "best.safetensors") as temporary:
+        temporary.write_bytes(b"whole")
+    assert [p.name for p in tmp_path.iterdir()] == ["best.safetensors"]
 
 
 def test_a_folder_killed_between_its_two_renames_gets_its_old_content_back(tmp_path, dead_pid):
