@@ -1,6 +1,6 @@
 """Crash-safe writing: every file lands whole or not at all (temporary file + rename).
 
-Temporaries are hidden siblings named ``.NAME.tmp-PID-XXXXXXXX`` (``.NAME.old-PID-...`` for a
+Temporaries are hidden siblings named ``.NAME.tmp-PID-<random>`` (``.NAME.old-PID-...`` for a
 folder being replaced). A process killed by SIGKILL cannot remove its own, so the next write of the
 same file (of any folder, for folder builds) removes those whose process is no longer alive. The
 check is by process id on this machine: on a folder shared between machines, another host's live
@@ -114,7 +114,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def atomic_target(path: Path) -> Iterator[Path]:
     """A path for a writer that wants a file name (safetensors), inside a temporary sibling
     folder; it replaces ``path`` when the block ends without error. The folder holds whatever
-    the writer makes beside its file (safetensors >= 0.7 writes a ``.tmpXXXXXX`` of its own and
+    the writer makes beside its file (safetensors 0.8 writes a ``.tmp<random>`` of its own and
     renames it), so that a kill leaves nothing a later cleanup does not recognise."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -292,16 +292,8 @@ def _train_torch(session: Session, config: TrainConfig, out: Path, device, progr
         if not parameters:
             raise ConfigError(f"stage '{stage.name}' of {config.model} trains no parameter")
         lr = stage.lr or config.lr
-        factors = {n: stage.lr_factor(n) for n, p in model.named_parameters() if p.requires_grad}
-        groups = [
-            {
-                "params": [p for n, p in model.named_parameters() if factors.get(n) == factor],
-                "lr": lr * factor,
-            }
-            for factor in sorted(set(factors.values()))
-        ]
         optimizer = torch.optim.AdamW(
-            groups,
+            stage.parameter_groups(model, lr),
             lr=lr,
             weight_decay=config.weight_decay if stage.weight_decay is None else stage.weight_decay,
         )

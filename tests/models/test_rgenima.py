@@ -441,12 +441,9 @@ def train_stage(model, stage, batch: Batch, steps: int, lr: float) -> None:
     """``steps`` full-batch AdamW steps of one stage as the engine takes them: the stage's
     parameters only, each at ``lr`` times its factor (``Stage.lr_factor``)."""
     model.begin_stage(stage)
-    groups: dict[float, list] = {}
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(stage.applies_to(name))
-        if parameter.requires_grad:
-            groups.setdefault(stage.lr_factor(name), []).append(parameter)
-    optimizer = torch.optim.AdamW([{"params": p, "lr": lr * f} for f, p in groups.items()], lr=lr)
+    optimizer = torch.optim.AdamW(stage.parameter_groups(model, lr), lr=lr)
     model.train()
     for _ in range(steps):
         optimizer.zero_grad()

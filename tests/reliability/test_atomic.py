@@ -78,7 +78,7 @@ def test_a_file_write_removes_its_own_stale_temporaries_only(tmp_path, dead_pid)
 
 
 def test_what_a_writer_makes_beside_its_file_never_stays(tmp_path, dead_pid):
-    """safetensors writes its own ``.tmpXXXXXX`` next to the file it is given and renames it: a
+    """safetensors writes its own ``.tmp<random>`` next to the file it is given and renames it: a
     kill in between left it in checkpoints/ (tests/reliability/test_crash.py saw one). The writer
     now works inside a temporary folder of ours, which a failure removes, and a later write of the
     same file removes when its process is dead."""

@@ -47,6 +47,14 @@ class Stage:
     def lr_factor(self, parameter_name: str) -> float:
         return next((f for prefix, f in self.lr_scale if parameter_name.startswith(prefix)), 1.0)
 
+    def parameter_groups(self, model: nn.Module, lr: float) -> list[dict]:
+        """The optimizer's parameter groups: ``model``'s trainable parameters by lr factor."""
+        groups: dict[float, list] = {}
+        for name, parameter in model.named_parameters():
+            if parameter.requires_grad:
+                groups.setdefault(self.lr_factor(name), []).append(parameter)
+        return [{"params": group, "lr": lr * factor} for factor, group in sorted(groups.items())]
+
     def applies_to(self, parameter_name: str) -> bool:
         return not self.trainable or parameter_name.startswith(self.trainable)
 
