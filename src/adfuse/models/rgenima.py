@@ -225,15 +225,16 @@ class GeneReadout(nn.Module):
         normed, here = self.gene_states(states, mask, gene)
         # a unit direction: the reading's scale stays put, so the running statistics keep up
         reading = normed @ (self.direction / self.direction.norm())  # [B, genes]
-        subjects = here.any(dim=1)  # subjects with SNPs
-        mean, var = self.running_mean, self.running_var
-        if self.training and int(subjects.sum()) > 1:
-            rows = reading[subjects]
-            mean, var = rows.mean(dim=0), rows.var(dim=0, unbiased=False)
-            with torch.no_grad():
-                self.running_mean.lerp_(mean.detach(), self.momentum)
-                self.running_var.lerp_(var.detach() * len(rows) / (len(rows) - 1), self.momentum)
-        standard = (reading - mean) / torch.sqrt(var + 1e-5)
+        subjects = here.any(dim=1)  # standardised over the subjects with SNPs only
+        rows = reading[subjects]
+        standard = torch.zeros_like(reading)
+        standard[subjects] = nn.functional.batch_norm(
+            rows,
+            self.running_mean,
+            self.running_var,
+            training=self.training and len(rows) > 1,
+            momentum=self.momentum,
+        )
         return self.combine(torch.where(here, standard, 0.0))
 
     def penalty(self) -> torch.Tensor:
