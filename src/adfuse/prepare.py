@@ -139,6 +139,26 @@ class Batch:
                 present[modality] = torch.zeros_like(present[modality])
         return Batch(inputs, present, self.target, list(self.ids), dict(self.extras), self.source)
 
+    @staticmethod
+    def cat(batches: list[Batch]) -> Batch:
+        """One batch of these batches' samples, in order (``source`` kept when they share it)."""
+        if len(batches) == 1:
+            return batches[0]
+        first = batches[0]
+        sources = [b.source for b in batches]
+        source = None
+        if all(s is not None and s[0] is sources[0][0] for s in sources):
+            source = (sources[0][0], [i for s in sources for i in s[1]])
+        shared_extras = [k for k in first.extras if all(k in b.extras for b in batches)]
+        return Batch(
+            inputs={m: torch.cat([b.inputs[m] for b in batches]) for m in first.inputs},
+            present={m: torch.cat([b.present[m] for b in batches]) for m in first.present},
+            target=torch.cat([b.target for b in batches]),
+            ids=[i for b in batches for i in b.ids],
+            extras={k: torch.cat([b.extras[k] for b in batches]) for k in shared_extras},
+            source=source,
+        )
+
     def select(self, index: torch.Tensor | list[int]) -> Batch:
         index = torch.as_tensor(index, dtype=torch.long)
         return Batch(

@@ -255,7 +255,9 @@ def finish(out, session, config, device, train_seconds, energy) -> None:
         config.seed,
     )
     patterns = (
-        evaluate.evaluate_patterns(model, session.test, classes, config.n_boot, config.seed, device)
+        evaluate.evaluate_patterns(
+            model, session.test, classes, config.n_boot, config.seed, device, known=predictions
+        )
         if config.patterns
         else None
     )

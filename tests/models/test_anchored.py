@@ -229,6 +229,31 @@ def test_round_features_are_cached_and_identical(model):
     assert not model._feature_cache
 
 
+def test_inference_cache_reuses_phase1_features_across_patterns(model, monkeypatch):
+    """Inside ``inference_cache`` (evaluate_patterns), a subject's phase-1 features are computed
+    once per availability of the group and reused; outputs equal uncached ones."""
+    batch = random_batch(model, n=4, seed=9)
+    withheld = batch.without(["fmri"])
+    model.begin_stage(None)
+    expected = [run(model, batch), run(model, withheld), run(model, batch)]
+    calls = []
+    compute = model._compute_features
+    monkeypatch.setattr(model, "_compute_features", lambda b, g: calls.append(g) or compute(b, g))
+    with model.inference_cache():
+        got = [run(model, batch), run(model, withheld), run(model, batch)]
+        assert model._inference_cache
+    assert model._inference_cache is None
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # per group, first pass: one call per subject; fmri withheld: nothing new for other groups
+    groups = list(model.groups)
+    assert sorted(set(calls)) == sorted(groups)
+    assert len(calls) == sum(int(model.group_present(batch, g).sum()) for g in groups)
+    calls.clear()
+    run(model, batch)  # outside: computed again, batched (one call per group)
+    assert len(calls) == len(groups)
+
+
 def test_efficiency_report_per_stage_and_rotating_inference(model):
     report = model.efficiency_report(random_batch(model, n=2, seed=9, present="all"))
     stages = report["stages"]

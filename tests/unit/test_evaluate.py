@@ -147,6 +147,50 @@ def test_evaluate_patterns_rows_counts_and_withheld_modality():
     assert low <= rows.at["a+b+c", "balanced_accuracy"] <= high
 
 
+def test_evaluate_patterns_runs_each_subject_once_per_distinct_input():
+    """Patterns that leave a subject the same present modalities share its forward; the table
+    equals the one of scoring every pattern on its own."""
+
+    class Counting(OnlyA):
+        def forward(self, batch):
+            self.rows += len(batch)
+            return super().forward(batch)
+
+    model = Counting()
+    model.rows = 0
+    table = evaluate_patterns(model, items(), CLASSES, n_boot=200, seed=0)
+    # per subject kind, the distinct non-empty (present & kept) sets: 2^(present count) - 1
+    distinct = 2 * sum(2 ** sum(kind) - 1 for kind in KINDS)
+    naive = int(table["n"].sum())
+    assert model.rows == distinct == 32 and naive == 62  # one forward per row before
+
+    # predict's outputs on the same subjects stand for each subject as it is
+    model.rows = 0
+    known = predict(OnlyA(), items(), classes=CLASSES)
+    again = evaluate_patterns(model, items(), CLASSES, n_boot=200, seed=0, known=known)
+    assert model.rows == distinct - len(known) == 20
+    pd.testing.assert_frame_equal(again, table)
+
+    batch = collate(items())
+    for _, row in table.iterrows():
+        kept = row["pattern"].split("+")
+        has = torch.stack([batch.present[m] for m in kept], 1).any(1)
+        chosen = batch.select(has.nonzero().flatten()).without(
+            [m for m in MODALITIES if m not in kept]
+        )
+        alone = predict(OnlyA(), chosen, classes=CLASSES)
+        expected = evaluate.bootstrap_ci(
+            alone.targets,
+            alone.outputs,
+            evaluate.metric_function("classification", CLASSES),
+            200,
+            0,
+            0.05,
+        )
+        assert row["n"] == len(alone)
+        assert (row["auc"], row["auc_low"], row["auc_high"]) == pytest.approx(expected["auc"])
+
+
 # ----------------------------------------------------------------------------- efficiency
 class LinearModel(nn.Module):
     task_kind, modalities = "classification", ["a"]

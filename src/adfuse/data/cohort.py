@@ -8,6 +8,7 @@ headers are validated here; volumes and time series are read on demand (``read_v
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import re
 import warnings
@@ -215,7 +216,14 @@ class Cohort:
 
     # ----------------------------------------------------------------- provenance
     def fingerprint(self) -> dict:
-        """What identifies this dataset: files, sizes, table hash, modality counts."""
+        """What identifies this dataset: files, sizes, table hash, modality counts.
+
+        Computed once per ``Cohort`` (a snapshot of the folder as loaded); a run asks for it
+        several times (run.json, each prepared cache's key)."""
+        return copy.deepcopy(self._fingerprint)
+
+    @cached_property
+    def _fingerprint(self) -> dict:
         listing = []
         for path in sorted(p for p in self.root.rglob("*") if p.is_file()):
             relative = path.relative_to(self.root).as_posix()

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import copy
 import time
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -220,6 +221,7 @@ class Anchored(AdfuseModel):
         self.absent_output = nn.Parameter(torch.zeros(self.out_dim))
         self.mode = FINAL
         self._feature_cache: dict = {}
+        self._inference_cache: dict | None = None  # phase-1 features while ``inference_cache``
         # frozen when built (a frozen language model): never trained by any stage
         self.frozen = frozenset(n for n, p in self.named_parameters() if not p.requires_grad)
 
@@ -356,6 +358,17 @@ class Anchored(AdfuseModel):
     def group_present(self, batch, group: str) -> torch.Tensor:
         return self.encoders[group].present(self._inputs(batch, group)[1])
 
+    @contextmanager
+    def inference_cache(self):
+        """Inside: with no gradient and in eval mode, phase-1 features are computed once per
+        subject and availability of the group's modalities, and reused (``evaluate_patterns``
+        runs each subject under up to 2^M - 1 patterns; the weights do not change inside)."""
+        self._inference_cache = {}
+        try:
+            yield
+        finally:
+            self._inference_cache = None
+
     def features(self, batch, group: str):
         """Phase-1 features F_m(X_m) (LoRA off): states, mask (all False where absent), present.
 
@@ -366,13 +379,17 @@ class Anchored(AdfuseModel):
         would make a round resumed after a kill (its cache refilled from other batches) differ
         from an uninterrupted one."""
         anchor = self._round_group()
-        if anchor is None or group == anchor:
+        frozen_auxiliary = anchor is not None and group != anchor
+        inferring = self._inference_cache is not None and not (
+            self.training or torch.is_grad_enabled()
+        )
+        if not (frozen_auxiliary or inferring):
             return self._compute_features(batch, group)
+        cache = self._feature_cache if frozen_auxiliary else self._inference_cache
         inputs, present = self._inputs(batch, group)
         here = self.encoders[group].present(present)
         pattern = torch.stack(list(present.values()), dim=1).tolist()
         keys = [(group, sid, tuple(row)) for sid, row in zip(batch.ids, pattern, strict=True)]
-        cache = self._feature_cache
         missing = [i for i, key in enumerate(keys) if here[i] and key not in cache]
         for i in missing:
             with torch.no_grad():
