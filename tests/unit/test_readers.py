@@ -470,11 +470,34 @@ def test_truncated_volume_is_refused_when_read(tiny):
         cohort.read_volume("t1", "011_S_0002")
 
 
-def test_non_numeric_time_point_is_refused_when_read(tiny):
+@pytest.mark.parametrize(
+    "value, shown",
+    [
+        ("abc", "'abc'"),
+        ("nan", "'nan'"),
+        ("-inf", "'-inf'"),
+        ("1e999", "'1e999'"),
+        ("", "an empty field"),
+    ],
+)
+def test_non_numeric_time_point_is_refused_when_read(tiny, value, shown):
     path = tiny / FMRI
     lines = path.read_text().splitlines()
-    lines[3] = "abc\t" + lines[3].split("\t", 1)[1]
+    lines[3] = value + "\t" + lines[3].split("\t", 1)[1]
     path.write_text("\n".join(lines) + "\n")
     cohort = adfuse.load_cohort(tiny)
-    with pytest.raises(DataError, match=r"subject 011_S_0002: lh-hippocampus: time point 3: 'abc'"):
+    with pytest.raises(
+        DataError,
+        match=rf"subject 011_S_0002: lh-hippocampus: time point 3: {shown} is not a finite",
+    ):
         cohort.read_timeseries("011_S_0002")
+
+
+def test_time_series_values_may_carry_blanks(tiny):
+    path = tiny / FMRI
+    before = adfuse.load_cohort(tiny).read_timeseries("011_S_0002")
+    lines = path.read_text().splitlines()
+    lines[1:] = ["\t".join(f" {field} " for field in line.split("\t")) for line in lines[1:]]
+    path.write_text("\n".join(lines) + "\n")
+    after = adfuse.load_cohort(tiny).read_timeseries("011_S_0002")
+    assert after.dtype == np.float32 and np.array_equal(before, after)

@@ -32,12 +32,20 @@ def read_timeseries(path: Path, label: str, subject: str | None = None) -> np.nd
         raise DataError(
             f"{len(table)} time points; at least 2 are needed", file=label, subject=subject
         )
+    try:  # fast path: every field a finite number (float() allows the surrounding blanks)
+        fast = table.to_numpy(dtype=object).astype(np.float64)
+        if np.isfinite(fast).all():
+            return fast.astype(np.float32)
+    except (TypeError, ValueError):
+        pass  # the column-wise pass below names the first bad field
     values = table.apply(lambda column: pd.to_numeric(column.str.strip(), errors="coerce"))
     bad = values.isna().to_numpy() | ~np.isfinite(values.to_numpy(dtype="float64", na_value=np.nan))
     if bad.any():
         row, column = (int(i) for i in np.argwhere(bad)[0])
+        raw = table.iat[row, column]
+        shown = "an empty field" if pd.isna(raw) else repr(raw)
         raise DataError(
-            f"time point {row + 1}: {table.iat[row, column]!r} is not a finite number",
+            f"time point {row + 1}: {shown} is not a finite number",
             file=label,
             subject=subject,
             field=str(table.columns[column]),
