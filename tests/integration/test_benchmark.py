@@ -268,6 +268,19 @@ def test_report_is_self_contained_and_escapes_user_text(finished):
         assert heading.lower() in page.lower()
 
 
+def test_figures_folder_holds_the_pages_figures_as_png_files(finished):
+    result, out = finished
+    page = result.report.read_text()
+    shown = [base64.b64decode(i) for i in re.findall(r'src="data:image/png;base64,([^"]+)"', page)]
+    files = sorted((out / "figures").iterdir())
+    assert [f.read_bytes() for f in files] == shown  # every figure, in page order
+    names = [f.name for f in files]
+    assert all(re.fullmatch(r"\d{2}-[A-Za-z0-9._-]+\.png", n) for n in names), names
+    assert any("calibration-diagnosis" in n for n in names)
+    assert any("confusion-diagnosis" in n for n in names)
+    assert not [p for p in out.iterdir() if p.name.startswith(".figures")]  # no temporary left
+
+
 def test_a_subject_id_with_markup_is_escaped(finished):
     _, out = finished
     expanded = plan.expand(plan.load_plan(out.parent / "tiny.toml"))

@@ -92,9 +92,12 @@ def test_synth_killed_then_rerun_gives_the_same_files(tmp_path):
 
 
 # --------------------------------------------------------------------------- the cache
-PREPARE = (
-    "import sys\n"
+PREPARE = (  # 20 ms a subject more: the build lasts ~2 s, so the kill lands inside it
+    "import sys, time\n"
     "from adfuse import load_cohort, prepare\n"
+    "from adfuse.data.cohort import Cohort\n"
+    "read = Cohort.read_timeseries\n"
+    "Cohort.read_timeseries = lambda *a, **k: (time.sleep(0.02), read(*a, **k))[1]\n"
     "prepare.dataset(load_cohort(sys.argv[1]), 'diagnosis', ['fmri'], cache_dir=sys.argv[2])\n"
 )
 

@@ -11,6 +11,7 @@ pool or Ray) as ordinary run folders and writes, each file atomically::
          leaderboard_patterns.csv  per test-time availability pattern
          comparisons.csv           paired comparisons on the same subjects, Holm-corrected
          claims.csv                the papers' claims re-tested (``bench.claims``)
+         figures/                  the report's figures as PNG files, numbered in page order
          report.html               everything above, with figures, in one offline page
 
 Statistics: ``bench.tables``; the oracle: ``bench.oracle``.
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adfuse.bench.plan import Expanded, Plan, expand, load_plan
-from adfuse.io import atomic_write_json, atomic_write_text
+from adfuse.io import atomic_directory, atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -151,6 +152,7 @@ def summarise(out: Path, plan: Plan, expanded: Expanded, jobs, dataset: Path, co
         ("claims.csv", claims),
     ):
         atomic_write_text(out / name, frame.to_csv(index=False))
+    figures: dict[str, bytes] = {}
     page = report.render(
         plan,
         board,
@@ -162,7 +164,11 @@ def summarise(out: Path, plan: Plan, expanded: Expanded, jobs, dataset: Path, co
         jobs,
         expanded.skipped,
         str(dataset),
+        figures,
     )
+    with atomic_directory(out / "figures", force=True) as folder:  # ours: rebuilt every call
+        for name, data in figures.items():
+            (folder / name).write_bytes(data)
     atomic_write_text(out / "report.html", page)
     return BenchmarkResult(out, board, claims, jobs, out / "report.html")
 

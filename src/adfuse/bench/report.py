@@ -6,6 +6,9 @@ the subjects most often misclassified, paired comparisons, interpretability figu
 runs' ``explain/`` folders, and the jobs that failed. The page holds no script and loads nothing;
 every string that comes from a user, a dataset or a run (labels, notes, subject ids, errors) goes
 through ``html.escape``.
+
+``render(..., figures=dict)`` also hands back every figure the page shows as PNG bytes under a file
+name (``01-patterns-diagnosis.png``, ...); ``run_benchmark`` writes them into ``OUT/figures/``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import base64
 import html
 import io
 import math
+import re
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -76,13 +80,13 @@ def _with_ci(value, low, high) -> str:
     return f"{value:.3f} [{low:.3f}, {high:.3f}]"
 
 
-def _png(figure) -> str:
+def _png(figure) -> bytes:
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
     plt.close(figure)
-    return _img(buffer.getvalue())
+    return buffer.getvalue()
 
 
 def _img(data: bytes, alt: str = "figure") -> str:
@@ -123,7 +127,7 @@ def _plt():
     return plt
 
 
-def heat_maps(patterns: pd.DataFrame, task: str, fraction: float) -> list[tuple[str, str]]:
+def heat_maps(patterns: pd.DataFrame, task: str, fraction: float) -> list[tuple[bytes, str]]:
     """One heat map per set of modalities the rows were trained on (rows x their patterns)."""
     part = patterns[(patterns["task"] == task) & (patterns["fraction"] == fraction)]
     figures = []
@@ -134,7 +138,7 @@ def heat_maps(patterns: pd.DataFrame, task: str, fraction: float) -> list[tuple[
     return figures
 
 
-def _heat_map(part: pd.DataFrame, task: str) -> str:
+def _heat_map(part: pd.DataFrame, task: str) -> bytes:
     plt = _plt()
     grid = part.pivot_table(index="label", columns="pattern", values="value", sort=False)
     order = part.drop_duplicates("pattern").sort_values("n_modalities", ascending=False)
@@ -157,7 +161,7 @@ def _heat_map(part: pd.DataFrame, task: str) -> str:
     return _png(figure)
 
 
-def fraction_curves(fractions: pd.DataFrame, task: str) -> str | None:
+def fraction_curves(fractions: pd.DataFrame, task: str) -> bytes | None:
     part = fractions[(fractions["task"] == task) & (fractions["label"] != "oracle")]
     if part["fraction"].nunique() < 2:
         return None
@@ -181,7 +185,7 @@ def fraction_curves(fractions: pd.DataFrame, task: str) -> str | None:
     return _png(figure)
 
 
-def efficiency_scatter(board: pd.DataFrame, task: str) -> str | None:
+def efficiency_scatter(board: pd.DataFrame, task: str) -> bytes | None:
     part = board[(board["task"] == task) & (board["label"] != "oracle")]
     part = part[part["fraction"] == part["fraction"].max()] if not part.empty else part
     if part.empty:
@@ -223,7 +227,7 @@ def _grid(n: int, width: float = 3.2, height: float = 3.0):
     return figure, axes.flat
 
 
-def calibration_curves(groups: dict[str, list[RunRecord]], task: str) -> str | None:
+def calibration_curves(groups: dict[str, list[RunRecord]], task: str) -> bytes | None:
     """Per row: reliability (accuracy per confidence bin, bins of >= 3 subjects), or predicted
     against observed for a regression."""
     kind = next(iter(groups.values()))[0].kind
@@ -258,7 +262,7 @@ def calibration_curves(groups: dict[str, list[RunRecord]], task: str) -> str | N
     return _png(figure)
 
 
-def confusion_matrices(groups: dict[str, list[RunRecord]], task: str) -> str | None:
+def confusion_matrices(groups: dict[str, list[RunRecord]], task: str) -> bytes | None:
     first = next(iter(groups.values()))[0]
     if first.kind != "classification":
         return None
@@ -308,17 +312,23 @@ def hardest_subjects(groups: dict[str, list[RunRecord]], top: int = 10) -> pd.Da
     return frame.sort_values(["misclassified_by", "subject"], ascending=[False, True]).head(top)
 
 
-def explain_figures(groups: dict[str, list[RunRecord]]) -> list[str]:
+def explain_figures(groups: dict[str, list[RunRecord]]) -> list[tuple[bytes, str, str]]:
+    """The PNGs of the runs' ``explain/`` folders (first seed of each row): (data, caption, name)."""
     figures = []
     for label, runs in groups.items():
         run = min(runs, key=lambda r: r.seed)
         for path in sorted((run.folder / "explain").glob("*.png")):
             if len(figures) >= MAX_EXPLAIN_FIGURES:
                 return figures
-            figures.append(
-                _figure(_img(path.read_bytes(), path.stem), f"{label} ({run.name}): {path.name}")
-            )
+            caption = f"{label} ({run.name}): {path.name}"
+            figures.append((path.read_bytes(), caption, f"explain-{run.name}-{path.stem}"))
     return figures
+
+
+def _file_name(number: int, name: str) -> str:
+    """``07-calibration-diagnosis.png``: numbered in page order, safe on every file system."""
+    slug = re.sub(r"[^A-Za-z0-9._]+", "-", name).strip("-.")[:80] or "figure"
+    return f"{number:02d}-{slug}.png"
 
 
 # ----------------------------------------------------------------------------- the page
@@ -333,7 +343,15 @@ def render(
     jobs: pd.DataFrame,
     skipped: dict[str, str],
     dataset: str,
+    figures: dict[str, bytes] | None = None,
 ) -> str:
+    """The page; ``figures`` (when given) receives every figure shown, file name -> PNG bytes."""
+    saved = {} if figures is None else figures
+
+    def show(data: bytes, caption: str, name: str) -> str:
+        saved[_file_name(len(saved) + 1, name)] = data
+        return _figure(_img(data, caption), caption)
+
     parts = [
         f"<h1>adfuse benchmark: {esc(plan.name)}</h1>",
         f'<p class="note">{esc(plan.description)}</p>' if plan.description else "",
@@ -388,22 +406,31 @@ def render(
     parts.append("<h2>Test-time availability patterns</h2>")
     for task in groups_by_task:
         fraction = max(r.fraction for r in records if r.task == task)
-        for image, caption in heat_maps(patterns, task, fraction) if not patterns.empty else []:
-            parts.append(_figure(image, caption))
-    curves = [fraction_curves(fractions, task) for task in groups_by_task]
-    if any(curves):
+        maps = heat_maps(patterns, task, fraction) if not patterns.empty else []
+        for image, caption in maps:
+            parts.append(show(image, caption, f"patterns-{caption}"))
+    curves = {task: fraction_curves(fractions, task) for task in groups_by_task}
+    if any(curves.values()):
         parts.append("<h2>Data-fraction curves</h2>")
-        parts += [_figure(c, "mean and 95% CI across seeds") for c in curves if c]
+        parts += [
+            show(c, f"{task}: mean and 95% CI across seeds", f"fractions-{task}")
+            for task, c in curves.items()
+            if c
+        ]
     parts.append("<h2>Score against cost</h2>")
     for task in groups_by_task:
         image = efficiency_scatter(board, task)
         if image:
-            parts.append(_figure(image, f"{task}: FLOPs counted by torch's FlopCounterMode"))
+            caption = f"{task}: FLOPs counted by torch's FlopCounterMode"
+            parts.append(show(image, caption, f"cost-{task}"))
     parts.append("<h2>Calibration and confusion</h2>")
     for task, groups in groups_by_task.items():
-        for image in (calibration_curves(groups, task), confusion_matrices(groups, task)):
+        for kind, image in (
+            ("calibration", calibration_curves(groups, task)),
+            ("confusion", confusion_matrices(groups, task)),
+        ):
             if image:
-                parts.append(_figure(image, task))
+                parts.append(show(image, f"{task}: {kind}", f"{kind}-{task}"))
         hardest = hardest_subjects(groups)
         if not hardest.empty:
             parts.append(f"<h3>{esc(task)}: test subjects most often misclassified</h3>")
@@ -430,10 +457,10 @@ def render(
                 ],
             )  # fmt: skip
         )
-    figures = [f for groups in groups_by_task.values() for f in explain_figures(groups)]
-    if figures:
+    explained = [f for groups in groups_by_task.values() for f in explain_figures(groups)]
+    if explained:
         parts.append("<h2>Interpretability</h2>")
-        parts += figures[:MAX_EXPLAIN_FIGURES]
+        parts += [show(*figure) for figure in explained[:MAX_EXPLAIN_FIGURES]]
     if not failed.empty:
         parts.append("<h2>Failed jobs</h2>")
         parts.append(_table(failed, ["run", "error"]))
