@@ -173,8 +173,26 @@ class Batch:
         )
 
 
-def collate(items: list[dict]) -> Batch:
-    """Stack dataset items into a Batch (items already hold zeros where absent)."""
+class Item(dict):
+    """One dataset item: ``{"id", "inputs", "present", "target", "source"}``, also readable as
+    attributes (``item.inputs``, ``item.present``, ``item.target``, ``item.id``, ``item.ids``)."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str):
+        if name == "ids":
+            return [self["id"]]
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def collate(items: list[dict] | list[Batch]) -> Batch:
+    """Stack dataset items into a Batch (items already hold zeros where absent); a list of
+    Batches is concatenated."""
+    if items and isinstance(items[0], Batch):
+        return Batch.cat(list(items))
     modalities = list(items[0]["inputs"])
     return Batch(
         inputs={m: torch.stack([item["inputs"][m] for item in items]) for m in modalities},
@@ -606,7 +624,7 @@ class CohortDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: int) -> Item:
         subject = self.ids[index]
         inputs, present = {}, {}
         for column, modality in enumerate(self.modalities):
@@ -621,13 +639,13 @@ class CohortDataset(torch.utils.data.Dataset):
             if layout.KINDS[modality] == "text":
                 tensor = tensor.long()
             inputs[modality], present[modality] = tensor, here
-        return {
-            "id": subject,
-            "inputs": inputs,
-            "present": present,
-            "target": self.targets[index],
-            "source": (self, index),
-        }
+        return Item(
+            id=subject,
+            inputs=inputs,
+            present=present,
+            target=self.targets[index],
+            source=(self, index),
+        )
 
     def with_config(
         self, config: PrepareConfig, absent: dict[str, tuple[int, ...]] | None = None

@@ -77,6 +77,23 @@ def test_absent_modalities_are_zero_placeholders(tiny, tmp_path):
     assert collate(items).ids == [tiny.subjects[3], tiny.subjects[0]]
 
 
+def test_items_read_as_dict_or_attributes_and_collate_with_a_dataloader(tiny, tmp_path):
+    from torch.utils.data import DataLoader
+
+    data = dataset(tiny, "diagnosis", cache_dir=tmp_path)
+    item = data[1]
+    assert item.id == item["id"] == tiny.subjects[1] and item.ids == [tiny.subjects[1]]
+    assert item.inputs is item["inputs"] and item.present["amyloid"] is False
+    assert int(item.target) == 2
+    with pytest.raises(AttributeError):
+        item.nothing  # noqa: B018
+    batches = list(DataLoader(data, batch_size=3, collate_fn=collate))
+    assert [len(b) for b in batches] == [3, 1]
+    joined = collate(batches)  # Batches are concatenated
+    assert joined.ids == tiny.subjects
+    assert torch.equal(joined.inputs["t1"], data.batch().inputs["t1"])
+
+
 def test_views_and_shapes(tiny, tmp_path):
     config = PrepareConfig(
         volume_shape=(8, 8, 8),
