@@ -229,6 +229,41 @@ def test_round_features_are_cached_and_identical(model):
     assert not model._feature_cache
 
 
+def test_round_features_carry_over_to_the_next_round(model, monkeypatch):
+    """The auxiliary features of one round are reused by the next (phase-1 weights, LoRA off);
+    phase 1 and a resumed round start empty."""
+    batch = random_batch(model, n=4, seed=10)
+    phase1, first, second = model.stages()[:3]
+    model.begin_stage(first)
+    model.eval()
+    with torch.no_grad():
+        model(batch)
+    kept = dict(model._feature_cache)
+    model.begin_stage(second)
+    assert model._feature_cache == kept
+    computed = []
+    original = model._compute_features
+    monkeypatch.setattr(
+        model, "_compute_features", lambda b, g: computed.append(g) or original(b, g)
+    )
+    with torch.no_grad():
+        reused = model(batch)
+    shared = set(model.auxiliary[first.name.removeprefix("anchor_")])
+    shared &= set(model.auxiliary[second.name.removeprefix("anchor_")])
+    assert shared and not shared & set(computed)  # no shared group was encoded again
+    model._feature_cache.clear()
+    with torch.no_grad():
+        recomputed = model(batch)
+    torch.testing.assert_close(reused, recomputed, rtol=1e-5, atol=1e-6)
+    model.begin_stage(second, fresh=False)  # resumed after a checkpoint load
+    assert not model._feature_cache
+    with torch.no_grad():
+        model(batch)
+    model.begin_stage(phase1)
+    assert not model._feature_cache
+    model.begin_stage(None)
+
+
 def test_inference_cache_reuses_phase1_features_across_patterns(model, monkeypatch):
     """Inside ``inference_cache`` (evaluate_patterns), a subject's phase-1 features are computed
     once per availability of the group and reused; outputs equal uncached ones."""

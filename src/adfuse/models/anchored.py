@@ -332,8 +332,11 @@ class Anchored(AdfuseModel):
     def begin_stage(self, stage: Stage | None, fresh: bool = True) -> None:
         """The engine's hook: phase 1, a round (its anchor copy starts from phase 1), or final."""
         self.mode = FINAL if stage is None else stage.name
-        self._feature_cache = {}
         group = self._round_group()
+        if group is None or not fresh:
+            # phase 1 changes the encoders; a resumed round may follow a checkpoint load. From
+            # one round to the next the auxiliary features stay valid: phase-1 weights, LoRA off
+            self._feature_cache = {}
         if fresh and group is not None and hasattr(self, "anchor_copies"):
             self.anchor_copies[group].load_state_dict(self.encoders[group].state_dict())
         self.train(self.training)
@@ -374,7 +377,8 @@ class Anchored(AdfuseModel):
 
         During a round, an auxiliary encoder is frozen and in eval mode, so its features are a
         fixed function of the subject's inputs: they are computed once per subject (and
-        availability pattern) and reused for the rest of the stage. Each subject is encoded on
+        availability pattern) and reused for the rest of the stage and by the rounds after it
+        (every round sees the same phase-1 weights with LoRA off). Each subject is encoded on
         its own: CPU kernels round differently with the batch size, and a batch-dependent value
         would make a round resumed after a kill (its cache refilled from other batches) differ
         from an uninterrupted one."""
