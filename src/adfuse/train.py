@@ -103,18 +103,30 @@ class Session:
     preprocessor: Any
 
 
-def open_session(dataset: Path, config: TrainConfig, run_dir: Path, cache_dir=None) -> Session:
-    """Load the cohort and build split, model and datasets (writing split.json once)."""
+def open_session(
+    dataset: Path, config: TrainConfig, run_dir: Path, cache_dir=None, cohort=None
+) -> Session:
+    """Load the cohort (unless given) and build split, model and datasets (writing split.json
+    once)."""
     from adfuse import models, splits, tasks
     from adfuse.data.cohort import load_cohort
     from adfuse.prepare import Preprocessor
     from adfuse.prepare import dataset as make_dataset
 
-    cohort = load_cohort(dataset)
+    cohort = cohort if cohort is not None else load_cohort(dataset)
     task = tasks.get(config.task)
     split_path = run_dir / "split.json"
     if split_path.exists():
         split = splits.Split.load(split_path)
+        known = set(cohort.subjects)
+        unknown = [
+            s for part in (split.train, split.val, split.test) for s in part if s not in known
+        ]
+        if unknown:
+            raise ConfigError(
+                f"{split_path}: subject {unknown[0]} ({len(unknown)} in all) is not in "
+                f"{cohort.root}; the run was made on another dataset"
+            )
     else:
         split = splits.subject_split(
             cohort, task, seed=config.seed, fractions=config.split_fractions
@@ -406,8 +418,11 @@ def load_trained(run_dir: str | Path, dataset: str | Path | None = None, cache_d
         )
     config = TrainConfig.build(**run["config"])
     dataset = Path(dataset or run["dataset"]["path"])
-    session = open_session(dataset, config, run_dir, cache_dir)
-    check_fingerprint(run, session.cohort)
+    from adfuse.data.cohort import load_cohort
+
+    cohort = load_cohort(dataset)
+    check_fingerprint(run, cohort)  # before the split's subjects are looked up in it
+    session = open_session(dataset, config, run_dir, cache_dir, cohort)
     if getattr(session.model, "kind", "torch") == "sklearn":
         session.model.fit(session.train.batch(), session.val.batch(), config.seed)
     else:

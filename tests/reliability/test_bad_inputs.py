@@ -561,6 +561,20 @@ NEW_CASES: dict[str, Case] = {
         base="run",
         change=on_data(_replace("ADNIMERGE.csv", ",70.0,", ",71.0,")),
     ),
+    "evaluate on a dataset without the run's subjects": Case(
+        ("evaluate", "{run}", "--dataset", "{data}", "--cache", "{cache}"),
+        ConfigError,
+        r"not the dataset this run was trained on",
+        base="run",
+        change=on_data(_replace("ADNIMERGE.csv", "100_S_0001", "100_S_0099", count=-1)),
+    ),
+    "split.json naming a subject the dataset lacks": Case(
+        ("evaluate", "{run}", "--dataset", "{data}", "--cache", "{cache}"),
+        ConfigError,
+        r"split.json: subject 999_S_9999 \(1 in all\) is not in .*the run was made on another",
+        base="run",
+        change=in_run("split.json", lambda d: d["test"].append("999_S_9999")),
+    ),
     "predict over an existing file": Case(
         ("predict", "{run}", "{data}", "--out", "{out}", "--cache", "{cache}"),
         ConfigError,
