@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -228,6 +229,22 @@ def test_efficiency_counts_linear_flops_and_parameters():
     assert out["peak_memory_mb"] >= 0
     assert out["train_seconds"] == 12.5 and out["energy"] == energy
     assert json.dumps(out)  # plain data for efficiency.json
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="samples /proc (Linux)")
+def test_efficiency_memory_is_the_inference_peak_even_below_an_earlier_one():
+    class Hungry(LinearModel):
+        def forward(self, batch):
+            scratch = torch.ones(200 * 2**20 // 4)  # 200 MB live during the pass, then freed
+            return super().forward(batch) + scratch[:1] * 0
+
+    earlier = torch.ones(400 * 2**20 // 4)  # the process's all-time peak is higher already
+    del earlier
+    out = efficiency(Hungry(), linear_batch(), repeats=1)
+    assert 150 < out["peak_memory_mb"] < 400, out["peak_memory_mb"]
+    assert "statm" in out["peak_memory_method"]
+    lean = efficiency(LinearModel(), linear_batch(), repeats=1)
+    assert lean["peak_memory_mb"] < 50
 
 
 # ----------------------------------------------------------------------------- energy
