@@ -336,3 +336,30 @@ def test_cli_trains_acmca_for_diagnosis(trained, tmp_path):
     run_json = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run_json["model"] == "acmca" and run_json["status"] == "complete"
     assert Path(tmp_path / "run" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize(
+    "named, real",
+    [
+        ({"symmetric": True}, {"fusion": "symmetric"}),
+        ({"swapped": True}, {"fusion": "swapped"}),
+        ({"concat": True}, {"fusion": "concat"}),
+        ({"no_fnet": True}, {"fnet": False}),
+        ({"no_transformer": "true"}, {"transformer": False}),
+        ({"ablation": "no_fnet"}, {"fnet": False}),
+        ({"ablation": ["no_fnet", "concat"]}, {"fnet": False, "fusion": "concat"}),
+        ({"no_fnet": False}, {"fnet": True}),
+    ],
+)
+def test_ablations_by_their_names(named, real):
+    model = models.create("acmca", make_spec(), "diagnosis", prepare=PREPARE, **named)
+    for key, value in real.items():
+        assert getattr(model.config, key) == value
+    assert "no_fnet" not in model.config.model_dump()  # stored under the real keys
+
+
+def test_a_named_ablation_contradicting_a_value_or_unknown_is_refused():
+    with pytest.raises(ConfigError, match="ablation 'no_fnet' sets fnet=False, not True"):
+        models.create("acmca", make_spec(), "diagnosis", prepare=PREPARE, no_fnet=True, fnet=True)
+    with pytest.raises(ConfigError, match="unknown ablation 'no_cake'"):
+        models.create("acmca", make_spec(), "diagnosis", prepare=PREPARE, ablation="no_cake")

@@ -181,3 +181,13 @@ def test_paper_preset_and_training_settings():
     )
     train = TrainConfig.build(model="smmt", preset="paper", **PAPER_TRAINING)
     assert (train.lr, train.batch_size, train.epochs, train.weight_decay) == (1e-3, 8, 50, 0.0)
+
+
+def test_ablations_by_their_names():
+    from adfuse import models
+    from tests.models.conftest import PREPARE, make_spec
+
+    dense = models.create("smmt", make_spec(), "diagnosis", prepare=PREPARE, dense=True)
+    unmasked = models.create("smmt", make_spec(), "diagnosis", prepare=PREPARE, ablation="no_mask")
+    assert dense.config.attention == "dense" and dense.config.masking
+    assert unmasked.config.masking is False and unmasked.config.attention == "cluster"

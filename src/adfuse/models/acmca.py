@@ -24,6 +24,8 @@ Data flow, in this file's order:
 Ablations (config): ``fusion="symmetric"`` (also MRI -> clinical and PET -> genetic), ``"swapped"``
 (image tokens query the non-image tokens), ``"concat"`` (no cross-attention: the four pooled
 embeddings); ``fnet=False``; ``transformer=False``; ``volume3d=True`` (3D volumes, not slices).
+By their names too: ``symmetric=True``, ``swapped``, ``concat``, ``no_fnet``, ``no_transformer``,
+or ``ablation="no_fnet"`` (``--set no_fnet=true`` on the command line).
 
 | setting              | paper                     | ``paper`` preset               | ``cpu`` preset              |
 |----------------------|---------------------------|--------------------------------|-----------------------------|
@@ -45,7 +47,7 @@ of the run (the engine's), not of the model, so no preset sets them.
 from __future__ import annotations
 
 from itertools import pairwise
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -81,6 +83,14 @@ class AcmcaConfig(ModelConfig):
     fnet: bool = True
     transformer: bool = True
     volume3d: bool = False
+
+    ABLATIONS: ClassVar[dict[str, dict[str, Any]]] = {  # the names for the switches
+        "symmetric": {"fusion": "symmetric"},
+        "swapped": {"fusion": "swapped"},
+        "concat": {"fusion": "concat"},
+        "no_fnet": {"fnet": False},
+        "no_transformer": {"transformer": False},
+    }
 
     @model_validator(mode="after")
     def _heads_divide_dim(self) -> AcmcaConfig:

@@ -14,9 +14,10 @@ any sample, down to one (or none, when it has a learned fallback), without error
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+from pydantic import model_validator
 from torch import nn
 
 from adfuse.config import StrictModel
@@ -28,7 +29,35 @@ if TYPE_CHECKING:
 
 
 class ModelConfig(StrictModel):
-    """Base of every model's pydantic config (``paper`` and ``cpu`` presets are two instances)."""
+    """Base of every model's pydantic config (``paper`` and ``cpu`` presets are two instances).
+
+    ``ABLATIONS`` names a model's ablations as the papers (and the issues) call them, each the
+    config values it stands for: ``no_fnet=True`` or ``ablation="no_fnet"`` (a name or a list)
+    is ``fnet=False``. A switch set to False is the default; a named ablation that contradicts
+    an explicit value of the same key is an error. The stored config holds the real keys."""
+
+    ABLATIONS: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named_ablations(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not cls.ABLATIONS:
+            return data
+        data = dict(data)
+        chosen = data.pop("ablation", None)
+        names = [chosen] if isinstance(chosen, str) else list(chosen or [])
+        for name in [n for n in cls.ABLATIONS if n in data]:
+            if data.pop(name) not in (False, "false", "False", 0, None):
+                names.append(name)
+        for name in names:
+            if name not in cls.ABLATIONS:
+                known = ", ".join(sorted(cls.ABLATIONS))
+                raise ValueError(f"unknown ablation {name!r}: choose from {known}")
+            for key, value in cls.ABLATIONS[name].items():
+                if key in data and data[key] != value:
+                    raise ValueError(f"ablation {name!r} sets {key}={value!r}, not {data[key]!r}")
+                data[key] = value
+        return data
 
 
 @dataclass(frozen=True)

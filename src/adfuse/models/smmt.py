@@ -23,7 +23,7 @@
 | evaluation                      | 20-100 % of train × 5 seeds | ``adfuse.sweep.sweep_fractions`` (its defaults) | same |
 
 Ablations are config switches: ``attention="dense"`` (no clustering), ``masking=False``, any
-``mask_ratio``. ``crossover=None`` uses the layer's measured ``CROSSOVER`` (dense attention below
+``mask_ratio``; by name also ``dense=True``, ``no_mask=True`` or ``ablation="no_mask"``. ``crossover=None`` uses the layer's measured ``CROSSOVER`` (dense attention below
 it, which is faster there but no longer restricts attention to clusters).
 
 Our reading where the paper is silent: the cascade follows ``modalities`` order; the fused tokens
@@ -33,7 +33,7 @@ the masking has no 1/(1 − r) rescaling (as x̃ = x ⊙ m), the head's LayerNor
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -66,6 +66,11 @@ class SMMTConfig(BaselineConfig):
     crossover: int | None = Field(0, ge=0)  # clustered from this length; None: CROSSOVER
     masking: bool = True
     mask_ratio: float = Field(0.3, ge=0, lt=1)  # masking ratio r, SMMT §III.C
+
+    ABLATIONS: ClassVar[dict[str, dict[str, Any]]] = {  # the names for the switches
+        "dense": {"attention": "dense"},
+        "no_mask": {"masking": False},
+    }
 
 
 PRESETS = {
