@@ -299,6 +299,14 @@ def test_subjects_with_only_snps_only_t1_or_both():
     assert torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("modalities", [["t1"], ["genotype"]])
+def test_one_modality_models_report_their_fitted_subjects(modalities):
+    """The engine asks every model which subjects its statistics saw (the leak check)."""
+    model = build(modalities=modalities)
+    assert model.fitted_on() == {"rgenima SNP QC": []}
+    assert isinstance(model.statistics_report(), dict)
+
+
 def test_mixture_withholds_t1_from_half_and_paired_counts_only_pairs():
     model = build(training_data="mixture").train()
     batch = random_batch(model, n=8, seed=6, present="all")

@@ -289,6 +289,8 @@ class RGenIMA(AdfuseModel):
         super().__init__(spec, task, modalities, config, prepare)
         self.image_modality = "t1" if "t1" in self.modalities else None
         self.genetic = "genotype" in self.modalities
+        self._fitted_on: list[str] = []  # subjects of the SNP QC (none without genotypes)
+        self._qc_counts: dict = {}
         with torch.random.fork_rng(devices=[]):  # LoRA's draws leave the rest's init unchanged
             self.lm, tokenizer = load_lm(config)
         width = int(self.lm.config.hidden_size)
@@ -370,8 +372,6 @@ class RGenIMA(AdfuseModel):
         self.gene_head = (
             GeneReadout(width, len(self.members), self.out_dim) if config.gene_readout else None
         )
-        self._fitted_on: list[str] = []
-        self._qc_counts: dict = {}
 
     def fit_statistics(self, train) -> None:
         """SNP QC and SNP choice on the training split (called by the engine before training, with
