@@ -607,6 +607,22 @@ def _print_metrics(run_dir: Path) -> None:
     _console().print(table)
 
 
+def _quiet_warnings() -> None:
+    """Warnings as one line each (``warning: ...``, no source line); a library's deprecation
+    notice about its own internals is not the user's business (``--debug`` shows everything)."""
+    import warnings
+
+    from rich.markup import escape
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        _console(stderr=True).print(
+            f"[yellow]warning:[/yellow] {escape(str(message))}", soft_wrap=True
+        )
+
+    warnings.showwarning = show
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+
+
 def main() -> None:
     """Entry point: run the app, map typed errors to exit codes and one line on stderr.
 
@@ -614,6 +630,8 @@ def main() -> None:
     """
     from adfuse.errors import AdfuseError
 
+    if not any(arg == "--debug" for arg in sys.argv[1:]):
+        _quiet_warnings()
     try:
         app()
     except AdfuseError as error:

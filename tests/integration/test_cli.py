@@ -66,6 +66,17 @@ def test_info_on_bad_data_exits_3_with_one_line(tiny, tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_a_dataset_warning_is_one_line(tiny, tmp_path):
+    extra = tmp_path / "extra"
+    shutil.copytree(tiny, extra)
+    (extra / "rawdata" / "sub-ADNI999S9999" / "ses-M000").mkdir(parents=True)
+    result = run("info", str(extra))
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("warning: "), result.stderr
+    assert "match no PTID" in lines[0] and "DatasetWarning" not in result.stderr
+
+
 def test_debug_shows_the_traceback(tiny, tmp_path):
     result = run("--debug", "info", str(tmp_path / "missing"))
     assert result.returncode != 0 and "Traceback" in result.stderr
