@@ -25,11 +25,23 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from adfuse.data import layout
 from adfuse.errors import ConfigError
+
+
+def absolute_if_local(value: str) -> str:
+    """A relative path that exists here becomes absolute, so a run folder that records it works
+    from any working directory; anything else (a name, an absent path) is kept as written."""
+    path = Path(value).expanduser()
+    return str(path.resolve()) if not Path(value).is_absolute() and path.exists() else value
+
+
+# a model or encoder folder given on the command line or in a config (stored absolute)
+LocalPath = Annotated[str, AfterValidator(absolute_if_local)]
 
 
 class StrictModel(BaseModel):

@@ -28,10 +28,10 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
-from adfuse.config import StrictModel, pydantic_message
-from adfuse.errors import ConfigError, DataError
+from adfuse.config import StrictModel, absolute_if_local, pydantic_message
+from adfuse.errors import ConfigError, DataError, TrainingDivergedError
 from adfuse.io import (
     atomic_target,
     atomic_write_bytes,
@@ -53,6 +53,19 @@ class TrainConfig(StrictModel):
     modalities: list[str] | None = None
     preset: Literal["cpu", "paper"] = "cpu"
     overrides: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("overrides")
+    @classmethod
+    def _absolute_folders(cls, overrides: dict[str, Any]) -> dict[str, Any]:
+        """Model and encoder folders (``*_encoder``, ``*_model``, ``*_path`` keys) given
+        relative to here are stored absolute: the run then works from any directory."""
+        return {
+            key: absolute_if_local(value)
+            if isinstance(value, str) and key.endswith(("_encoder", "_model", "_path"))
+            else value
+            for key, value in overrides.items()
+        }
+
     seed: int = Field(0, ge=0)
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(16, ge=1)
@@ -246,6 +259,9 @@ def _fit_locked(dataset: Path, config: TrainConfig, out: Path, cache_dir, progre
                 _train_torch(session, config, out, device, progress)
         train_seconds = time.perf_counter() - started
         finish(out, session, config, device, train_seconds, energy.result)
+    except TrainingDivergedError as error:  # a killed run stays "training" (resumable); this failed
+        _write_run_json(out, config, session, status="failed", error=str(error))
+        raise
     finally:
         torch.set_num_threads(threads)
     _write_run_json(out, config, session, status="complete")
@@ -345,9 +361,9 @@ def _train_torch(session: Session, config: TrainConfig, out: Path, device, progr
                 optimizer.zero_grad(set_to_none=True)
                 loss = model.loss(batch, model(batch))
                 if not torch.isfinite(loss):
-                    raise ConfigError(
-                        f"{config.model}: the training loss became {loss.item()} at stage "
-                        f"'{stage.name}' epoch {epoch}; lower --lr"
+                    raise TrainingDivergedError(
+                        f"{config.model}: training diverged: the training loss became "
+                        f"{loss.item()} at stage '{stage.name}' epoch {epoch}; lower --lr"
                     )
                 loss.backward()
                 if config.grad_clip:
@@ -356,7 +372,9 @@ def _train_torch(session: Session, config: TrainConfig, out: Path, device, progr
                 losses.append(loss.item())
             val_loss, val_score = _validate(model, val, device, config.batch_size)
             monitored = val_loss if config.monitor == "val_loss" else -val_score
-            improved = monitored < best - 1e-6
+            # weights whose validation loss is not finite are broken, whatever the monitor says
+            finite = math.isfinite(val_loss) and math.isfinite(monitored)
+            improved = finite and monitored < best - 1e-6
             if improved:
                 best, best_epoch, bad = monitored, epoch, 0
                 _save_weights(model, checkpoints / "best.safetensors", config)
@@ -390,6 +408,14 @@ def _train_torch(session: Session, config: TrainConfig, out: Path, device, progr
                 },
             )
             _write_history(out, history)
+        if best_epoch < 0:
+            tried = [row["val_loss"] for row in history if row["stage"] == stage.name]
+            watched = "loss" if config.monitor == "val_loss" else "loss or score"
+            raise TrainingDivergedError(
+                f"{config.model}: training diverged: the validation {watched} was not finite at "
+                f"any epoch of stage '{stage.name}' ({len(tried)} epochs, last val_loss "
+                f"{tried[-1] if tried else 'none'}); lower --lr, or check the data"
+            )
         # the next stage (and the evaluation) starts from this stage's best weights
         load_model(model, str(checkpoints / "best.safetensors"), device=str(device))
         _save_weights(model, checkpoints / "last.safetensors", config)
@@ -644,12 +670,16 @@ def _write_history(out: Path, history: list[dict]) -> None:
     atomic_write_text(out / "history.csv", buffer.getvalue())
 
 
-def _write_run_json(out: Path, config: TrainConfig, session: Session, status: str) -> None:
+def _write_run_json(
+    out: Path, config: TrainConfig, session: Session, status: str, error: str | None = None
+) -> None:
+    """run.json with ``status`` training, complete or failed (then ``error``: why)."""
     atomic_write_json(
         out / RUN_FILE,
         {
             "format": RUN_FORMAT,
             "status": status,
+            **({"error": error} if error else {}),
             "model": config.model,
             "task": config.task,
             "seed": config.seed,
@@ -658,7 +688,7 @@ def _write_run_json(out: Path, config: TrainConfig, session: Session, status: st
             "model_config": session.model.config.model_dump(mode="json"),
             "spec": {m: session.cohort.spec[m].to_dict() for m in session.model.modalities},
             "dataset": {
-                "path": str(session.cohort.root),
+                "path": str(Path(session.cohort.root).resolve()),
                 "fingerprint": session.cohort.fingerprint(),
             },
             "versions": package_versions(),

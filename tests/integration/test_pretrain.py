@@ -4,6 +4,7 @@ beats a random one in a linear probe, and the anchored model trained with it fro
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -94,21 +95,28 @@ def test_the_pretrained_encoder_beats_a_random_one_in_a_linear_probe(synth_small
 
 
 def test_anchored_trains_from_the_cli_with_the_pretrained_encoder(
-    synth_small, encoder_dir, tmp_path
+    synth_small, encoder_dir, tmp_path, monkeypatch
 ):
     run = tmp_path / "run"
+    monkeypatch.chdir(encoder_dir.parent)  # dataset and encoder given relative to here
     result = CliRunner().invoke(
         app,
-        ["train", str(synth_small), "--model", "anchored", "--task", "cn_vs_ad", "--epochs", "1",
-         "--modalities", "t1,clinical,genotype", "--set", f"smri_encoder={encoder_dir}",
+        ["train", os.path.relpath(synth_small), "--model", "anchored", "--task", "cn_vs_ad",
+         "--epochs", "1", "--modalities", "t1,clinical,genotype", "--set", "smri_encoder=smri",
          "--out", str(run), "--cache", str(tmp_path / "cache")],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
+    recorded = json.loads((run / "run.json").read_text())
+    assert recorded["dataset"]["path"] == str(synth_small.resolve())
+    assert recorded["config"]["overrides"]["smri_encoder"] == str(encoder_dir.resolve())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the run works from any directory
+    result = CliRunner().invoke(app, ["evaluate", str(run), "--cache", str(tmp_path / "cache")])
+    assert result.exit_code == 0, result.output
     stages = [row.split(",")[0] for row in (run / "history.csv").read_text().splitlines()[1:]]
     assert stages == ["unimodal", "anchor_smri", "anchor_text", "anchor_genetics"]
-    assert json.loads((run / "run.json").read_text())["model_config"]["smri_encoder"] == str(
-        encoder_dir
-    )
+    assert recorded["model_config"]["smri_encoder"] == str(encoder_dir.resolve())
     efficiency = json.loads((run / "efficiency.json").read_text())["model"]
     assert set(efficiency["stages"]) == set(stages)
     assert efficiency["rotating_inference"]["rounds"] == 3

@@ -54,6 +54,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
+from adfuse.config import LocalPath
 from adfuse.errors import ConfigError
 from adfuse.models.base import AdfuseModel, ModelConfig, Stage, trainable_prefixes
 from adfuse.models.foundation import (
@@ -83,14 +84,16 @@ class AnchoredConfig(ModelConfig):
     patch: int = Field(8, ge=1)
     window: int = Field(10, ge=1)
     snps_per_token: int = Field(32, ge=1)
-    text_model: str | None = None  # local HF folder; None: the run's prepare.text_model (MiniLM)
+    text_model: LocalPath | None = (
+        None  # local HF folder; None: the run's prepare.text_model (MiniLM)
+    )
     text_layers: int | None = Field(2, ge=1)  # None: every layer
     text_trainable: bool = True
-    genetics_model: str | None = None  # a local HF (DNA) model as the genetics backbone
+    genetics_model: LocalPath | None = None  # a local HF (DNA) model as the genetics backbone
     genetics_layers: int | None = Field(None, ge=1)
-    smri_encoder: str | None = None  # folders written by `adfuse pretrain`
-    fmri_encoder: str | None = None
-    genetics_encoder: str | None = None
+    smri_encoder: LocalPath | None = None  # folders written by `adfuse pretrain`
+    fmri_encoder: LocalPath | None = None
+    genetics_encoder: LocalPath | None = None
     queries: int = Field(4, ge=0, le=64)  # N_q per query set (paper: 16)
     qformer_heads: int = Field(4, ge=1)
     interaction: Literal["input", "concat", "linear", "attention"] = "input"

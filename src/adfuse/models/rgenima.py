@@ -94,6 +94,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from adfuse.config import LocalPath
 from adfuse.errors import ConfigError
 from adfuse.models.base import AdfuseModel, ModelConfig, Stage, trainable_prefixes
 from adfuse.models.encoders import RoiEncoder, TokenEncoder, make_encoder
@@ -118,7 +119,7 @@ class RgenimaConfig(ModelConfig):
     snp_ids: bool = True  # False: compact text "APOE: 0/1;" (every gene of a panel fits)
     permute_genes: bool = True  # gene-order permutation in training
     genetic_encoder: Literal["lm", "mlp"] = "lm"
-    lm_path: str | None = None  # a local Hugging Face folder; None: the bundled MiniLM
+    lm_path: LocalPath | None = None  # a local Hugging Face folder; None: the bundled MiniLM
     lm_layers: int | None = Field(1, ge=1)  # keep the first layers only; None: all
     lm_training: Literal["full", "lora", "frozen"] = "full"
     lora_rank: int = Field(16, ge=1)
