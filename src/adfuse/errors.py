@@ -1,7 +1,9 @@
 """Typed errors. The CLI maps them to exit codes; nothing else catches broad exceptions.
 
 ``DataError`` (exit 3) is bad input data; ``ConfigError`` (exit 2) is a bad option, name or config;
-``DataLeakageError`` is a split or a fitted statistic that touches subjects it must not.
+``DataLeakageError`` is a split or a fitted statistic that touches subjects it must not;
+``TrainingDivergedError`` (a ``ConfigError``: the remedy is most often a lower learning rate) is a
+training loss, or a validation loss at every epoch, that is not finite.
 """
 
 from __future__ import annotations
@@ -48,6 +50,10 @@ class DataLeakageError(AdfuseError):
     """Subjects shared between splits, or a statistic fitted on subjects outside train."""
 
     exit_code = 3
+
+
+class TrainingDivergedError(ConfigError):
+    """A non-finite training loss, or no epoch with a finite validation loss to keep as best."""
 
 
 def did_you_mean(kind: str, name: str, options: Iterable[str]) -> ConfigError:
