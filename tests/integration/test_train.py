@@ -15,7 +15,7 @@ import pytest
 from safetensors.torch import load_file
 
 from adfuse import splits
-from adfuse.errors import ConfigError
+from adfuse.errors import ConfigError, TrainingDivergedError
 from adfuse.train import TrainConfig, fit, predict_dataset
 from tests.unit.cohort_factory import sized_cohort
 
@@ -254,3 +254,69 @@ def test_cli_evaluate_and_predict(cohort, tmp_path):
     )
     assert bad.returncode == 2 and "'tau' is not in this dataset" in bad.stderr
     assert not (tmp_path / "y").exists()
+
+
+def _nan_when_validating(monkeypatch) -> None:
+    """Every model's task loss is NaN in eval mode (validation) and as usual in training."""
+    from adfuse.models.base import AdfuseModel
+
+    task_loss = AdfuseModel.task_loss
+
+    def loss(self, batch, out):
+        value = task_loss(self, batch, out)
+        return value if self.training else value * float("nan")
+
+    monkeypatch.setattr(AdfuseModel, "task_loss", loss)
+
+
+@pytest.mark.parametrize("monitor", ["val_loss", "val_score"])
+def test_no_finite_validation_loss_fails_the_run(cohort, tmp_path, monkeypatch, monitor):
+    _nan_when_validating(monkeypatch)
+    out = tmp_path / "run"
+    with pytest.raises(
+        TrainingDivergedError, match=r"training diverged: the validation loss .*not finite at any"
+    ):
+        fit(cohort.root, config(monitor=monitor), out, cache_dir=tmp_path / "cache", progress=False)
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "failed" and "training diverged" in run["error"]
+    assert not (out / "checkpoints" / "best.safetensors").exists()
+    assert pd.read_csv(out / "history.csv")["best"].eq(False).all()
+
+
+def test_a_non_finite_training_loss_fails_the_run(cohort, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(TrainingDivergedError, match=r"training loss became nan .*lower --lr"):
+        fit(cohort.root, config(lr=1e6), out, cache_dir=tmp_path / "cache", progress=False)
+    assert json.loads((out / "run.json").read_text())["status"] == "failed"
+
+
+def test_cli_diverged_training_is_one_line_exit_2(cohort, tmp_path, monkeypatch, capsys):
+    from adfuse import cli
+
+    common = ["--modalities", "clinical", "--epochs", "2", "--cache", str(tmp_path / "cache")]
+    train = ["adfuse", "train", str(cohort.root), "--model", "unimodal", *common]
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "adfuse.cli",
+            *train[1:],
+            "--lr",
+            "1e6",
+            "--out",
+            str(tmp_path / "a"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "error: unimodal: training diverged: the training loss" in result.stderr.splitlines()[-1]
+    _nan_when_validating(monkeypatch)  # in this process: the CLI's main with a NaN validation loss
+    monkeypatch.setattr(sys, "argv", [*train, "--out", str(tmp_path / "b")])
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    assert exited.value.code == 2
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.startswith("error: unimodal: training diverged: the validation loss was not")
+    assert json.loads((tmp_path / "b" / "run.json").read_text())["status"] == "failed"

@@ -96,7 +96,9 @@ class Outcome:
 
     @property
     def lines(self) -> list[str]:
-        return [line for line in self.stderr.splitlines() if line.strip()]
+        """stderr's lines other than warnings (each a line of its own: ``warning: ...``)."""
+        lines = [line for line in self.stderr.splitlines() if line.strip()]
+        return [line for line in lines if not line.startswith("warning: ")]
 
 
 def run_main(args: list[str], monkeypatch, capsys) -> Outcome:

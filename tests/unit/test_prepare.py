@@ -143,6 +143,28 @@ def test_cache_is_reused_and_a_corrupt_cache_is_rebuilt(tiny, tmp_path):
     )
 
 
+def test_bytes_overwritten_inside_the_cache_are_rebuilt(tiny, tmp_path):
+    first = dataset(tiny, "diagnosis", ["t1"], cache_dir=tmp_path).batch().inputs["t1"]
+    (folder,) = tmp_path.glob("t1-volume-*")
+    data = folder / "data.npy"
+    size = data.stat().st_size
+    with data.open("r+b") as handle:  # same size, same header: only the row checksums can tell
+        handle.seek(size // 2)
+        handle.write(b"\xff" * 4000)
+    assert data.stat().st_size == size
+    again = dataset(tiny, "diagnosis", ["t1"], cache_dir=tmp_path).batch().inputs["t1"]
+    torch.testing.assert_close(first, again)
+    meta = json.loads((folder / "index.json").read_text())
+    del meta["row_crc32"]  # an entry written before the row checksums existed
+    (folder / "index.json").write_text(json.dumps(meta))
+    stamp = data.stat().st_mtime_ns
+    torch.testing.assert_close(
+        first, dataset(tiny, "diagnosis", ["t1"], cache_dir=tmp_path).batch().inputs["t1"]
+    )
+    assert data.stat().st_mtime_ns != stamp  # rebuilt, not trusted
+    assert "row_crc32" in json.loads((folder / "index.json").read_text())
+
+
 def test_cache_key_changes_with_the_data(tiny, tmp_path):
     dataset(tiny, "diagnosis", ["t1"], cache_dir=tmp_path / "cache")
     copy = tmp_path / "copy"
