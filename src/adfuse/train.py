@@ -438,6 +438,8 @@ def load_trained(run_dir: str | Path, dataset: str | Path | None = None, cache_d
     was trained on). Classical models are refitted on the same training subjects and seed."""
     run_dir = Path(run_dir)
     run = read_run(run_dir)
+    if run.get("status") == "failed":
+        raise ConfigError(f"{run_dir}: the run failed ({run.get('error', 'no reason recorded')})")
     if run.get("status") != "complete":
         raise ConfigError(
             f"{run_dir}: the run is not complete (status {run.get('status')!r}); use --resume"

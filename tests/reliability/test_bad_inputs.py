@@ -233,7 +233,7 @@ NEW_CASES: dict[str, Case] = {
     "NIfTI header truncated": Case(
         ("info", "{data}"),
         DataError,
-        rf"^{T1}: not a readable NIfTI file",
+        rf"^{T1}: subject 011_S_0002: t1: not a readable NIfTI file",
         change=on_data(_truncate(T1, 60)),
     ),
     "atlas 4D": Case(
@@ -554,6 +554,15 @@ NEW_CASES: dict[str, Case] = {
         base="run",
         change=in_run("run.json", lambda d: d.update(status="training")),
     ),
+    "evaluate a failed run": Case(
+        ("evaluate", "{run}", "--dataset", "{data}", "--cache", "{cache}"),
+        ConfigError,
+        r"the run failed \(training diverged: loss nan\)",
+        base="run",
+        change=in_run(
+            "run.json", lambda d: d.update(status="failed", error="training diverged: loss nan")
+        ),
+    ),
     "evaluate on a changed dataset": Case(
         ("evaluate", "{run}", "--dataset", "{data}", "--cache", "{cache}"),
         ConfigError,
@@ -707,6 +716,7 @@ SCRIPT_CASES = [
     "reader: negative age",
     "reader: bed truncated",
     "reader: toml unknown key",
+    "reader: NIfTI gzip of text",  # nibabel's own log lines must not reach stderr
     "csv duplicate column",
     "run of another format version",
     "unknown model",

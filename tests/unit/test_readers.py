@@ -17,6 +17,7 @@ from adfuse.errors import ConfigError, DataError
 from tests.tiny_dataset import AFFINE, SHAPE, SUBJECTS, write_tiny_dataset
 
 T1 = "rawdata/sub-ADNI011S0002/ses-M000/anat/sub-ADNI011S0002_ses-M000_T1w.nii.gz"
+GZIPPED_TEXT = gzip.compress(b"hello, this is plain text and not a NIfTI header " * 20)
 FMRI = "rawdata/sub-ADNI011S0002/ses-M000/func/sub-ADNI011S0002_ses-M000_task-rest_timeseries.tsv"
 
 
@@ -124,6 +125,45 @@ def test_extra_files_only_warn(tiny):
     assert "1 rawdata subject folders match no PTID" in messages
     assert "1 session folders match no visit" in messages
     assert len(cohort.subjects) == 4
+
+
+def test_atlas_labels_without_voxels_only_warn(tiny):
+    """A label table may list regions the map does not use (a shared lookup table): they are
+    dropped, so that every region of the spec has voxels."""
+    path = tiny / "atlas" / "dseg.tsv"
+    path.write_text(path.read_text() + "4\tcuneus\n5\tthalamus\n")
+    with pytest.warns(
+        DatasetWarning,
+        match=r"atlas/dseg.tsv: rows whose label has no voxel in dseg.nii.gz are ignored: 4, 5$",
+    ):
+        cohort = adfuse.load_cohort(tiny)
+    assert cohort.atlas.indices == [1, 2, 3]
+    assert cohort.spec["t1"].feature_names == ("lh-hippocampus", "rh-hippocampus", "precuneus")
+
+
+def test_unreadable_nifti_keeps_nibabel_quiet(tiny, caplog):
+    """nibabel logs its header checks before it raises; the user sees only our DataError."""
+    import logging
+
+    path = tiny / T1
+    path.write_bytes(GZIPPED_TEXT)
+    nibabel_logger = logging.getLogger("nibabel.global")
+    with caplog.at_level(logging.DEBUG), pytest.raises(DataError, match="subject 011_S_0002: t1"):
+        adfuse.load_cohort(tiny)
+    assert not [r for r in caplog.records if r.name.startswith("nibabel")], caplog.text
+    assert not nibabel_logger.disabled and not logging.getLogger("nibabel").disabled  # restored
+
+
+def test_unreadable_nifti_is_one_line_on_stderr(tiny):
+    """Through the console script: the process's stderr is the one error line, exit 3."""
+    from tests.reliability.helpers import run_script
+
+    (tiny / T1).write_bytes(GZIPPED_TEXT)
+    result = run_script(["info", tiny])
+    assert result.returncode == 3, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: {T1}: subject 011_S_0002: t1: not a readable NIfTI file")
 
 
 def test_legacy_dx_codes_are_mapped(tiny):
@@ -359,9 +399,18 @@ BAD_LOAD = {
     "NIfTI corrupt": (
         _write(T1, b"not a nifti file at all" * 20),
         DataError,
-        rf"^{T1}: not a readable NIfTI file",
+        rf"^{T1}: subject 011_S_0002: t1: not a readable NIfTI file",
     ),
-    "NIfTI empty": (_write(T1, b""), DataError, rf"^{T1}: not a readable NIfTI file"),
+    "NIfTI gzip of text": (
+        _write(T1, GZIPPED_TEXT),
+        DataError,
+        rf"^{T1}: subject 011_S_0002: t1: not a readable NIfTI file \(HeaderDataError",
+    ),
+    "NIfTI empty": (
+        _write(T1, b""),
+        DataError,
+        rf"^{T1}: subject 011_S_0002: t1: not a readable NIfTI file",
+    ),
     "NIfTI 4D": (
         _nifti(T1, np.zeros((*SHAPE, 3), np.float32)),
         DataError,
@@ -416,6 +465,22 @@ BAD_LOAD = {
         _remove("atlas/dseg.tsv"),
         DataError,
         r"atlas/dseg.tsv: the atlas needs both",
+    ),
+    "atlas table lacks a label of the map": (
+        _replace("atlas/dseg.tsv", "3\tprecuneus\n", ""),
+        DataError,
+        r"^atlas/dseg.tsv: index: labels of dseg.nii.gz without a row: 3; every label of the map",
+    ),
+    "atlas map is all background": (
+        _nifti("atlas/dseg.nii.gz", np.zeros(SHAPE, np.uint8)),
+        DataError,
+        r"^atlas/dseg.nii.gz: the label map has no region",
+    ),
+    "rawdata folders match no PTID": (
+        lambda r: [d.rename(d.with_name(d.name.replace("ADNI", ""))) for d in r.glob("rawdata/*")],
+        DataError,
+        r"^rawdata/: none of the 4 subject folders \(e.g. 'sub-011S0002'\) matches a PTID of "
+        r"ADNIMERGE.csv: .*\(here: 011_S_0002 -> sub-ADNI011S0002\)",
     ),
     "toml unknown key": (
         _write("adfuse.toml", b'[files]\nadnimerg = "x.csv"\n'),

@@ -275,7 +275,9 @@ def load_cohort(path: str | Path) -> Cohort:
         if extra:
             notices.append(f"{len(extra)} genotyped samples match no subject and are ignored")
 
-    atlas = images.read_atlas(config.path(root, "atlas_image"), config.path(root, "atlas_table"))
+    atlas = images.read_atlas(
+        config.path(root, "atlas_image"), config.path(root, "atlas_table"), notices
+    )
     files, fmri_regions, file_notices = _scan_rawdata(root, config, table, visit_keys, atlas)
     notices += file_notices
 
@@ -326,13 +328,22 @@ def _scan_rawdata(root, config, table, visit_keys, atlas):
         if session is not None:
             viscode_of[(ptid, session)] = viscode
     rows: dict[tuple[str, str], dict[str, str]] = {}
-    unmatched_subjects, unmatched_sessions, repeated = 0, 0, 0
+    unmatched_sessions, repeated = 0, 0
     grids: dict[str, tuple] = {}
     fmri_regions: list[str] | None = None
-    for subject_dir in sorted(rawdata.glob("sub-*")):
+    subject_dirs = sorted(rawdata.glob("sub-*"))
+    unmatched = [d.name for d in subject_dirs if d.name.removeprefix("sub-") not in by_bids]
+    if subject_dirs and len(unmatched) == len(subject_dirs):
+        bids, ptid = next(iter(by_bids.items()))
+        raise DataError(
+            f"none of the {len(unmatched)} subject folders (e.g. {unmatched[0]!r}) matches a PTID "
+            f"of {layout.ADNIMERGE}: Clinica's naming is sub-<PTID without punctuation>, with "
+            f"ADNI in front of an ADNI PTID (here: {ptid} -> sub-{bids})",
+            file=f"{rawdata.name}/",
+        )
+    for subject_dir in subject_dirs:
         ptid = by_bids.get(subject_dir.name.removeprefix("sub-"))
         if ptid is None:
-            unmatched_subjects += 1
             continue
         for session_dir in sorted(subject_dir.glob("ses-*")):
             viscode = viscode_of.get((ptid, session_dir.name))
@@ -361,17 +372,15 @@ def _scan_rawdata(root, config, table, visit_keys, atlas):
                             field="header",
                         )
                 else:
-                    header = images.read_header(path, relative)
+                    header = images.read_header(path, relative, ptid, modality)
                     if atlas is not None:
                         images.check_against_atlas(header, atlas, relative, ptid)
                     else:
                         _check_same_grid(grids, modality, header, relative, ptid)
                 rows.setdefault((ptid, viscode), {})[modality] = relative
     notices = []
-    if unmatched_subjects:
-        notices.append(
-            f"{unmatched_subjects} rawdata subject folders match no PTID and are ignored"
-        )
+    if unmatched:
+        notices.append(f"{len(unmatched)} rawdata subject folders match no PTID and are ignored")
     if unmatched_sessions:
         notices.append(f"{unmatched_sessions} session folders match no visit and are ignored")
     if repeated:

@@ -1,13 +1,21 @@
 """PLINK 1 binary genotypes (.bed/.bim/.fam) read with bed-reader.
 
-Dosages count allele 1 of the .bim (column 5), PLINK's minor allele; missing calls stay NaN until
-preprocessing imputes them from the training split. The three files must agree with each other:
-the .bed size is checked against the .fam and .bim counts before any genotype is read.
+Dosages count the minor allele of each SNP. PLINK's allele 1 (.bim column 5) is usually the minor
+one, but not always (``plink --keep-allele-order``, sets written by other tools), so the minor allele
+is decided per SNP from its frequency over every sample of the .bed, not the cohort's: the choice
+then does not move with the ADNIMERGE table or a split. A SNP whose allele-1 frequency is above 0.5
+counts allele 2 (a tie keeps allele 1); ``Genotypes.alleles`` shows the allele each SNP counts.
+Missing calls stay NaN until preprocessing imputes them from the training split. The three files
+must agree with each other: the .bed size is checked against the .fam and .bim counts before any
+genotype is read.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +26,7 @@ from adfuse.errors import DataError
 BED_MAGIC = bytes([0x6C, 0x1B, 0x01])  # PLINK 1 binary, SNP-major
 FAM_COLUMNS = ("FID", "IID", "father", "mother", "sex", "phenotype")
 BIM_COLUMNS = ("chrom", "snp", "cm", "pos", "allele_1", "allele_2")
+FREQUENCY_BLOCK = 1 << 23  # genotypes (int8 bytes) read at once when counting alleles
 
 
 @dataclass(frozen=True)
@@ -38,11 +47,50 @@ class Genotypes:
         return self.bim["snp"].tolist()
 
     def read(self, iids: list[str] | None = None, snps: list[str] | None = None) -> np.ndarray:
-        """Dosages [len(iids), len(snps)] as float32, NaN where the call is missing."""
-        from bed_reader import open_bed
-
+        """Minor-allele dosages [len(iids), len(snps)] as float32, NaN where the call is missing."""
         sample_index = _positions(self.fam["IID"], iids, self.bed.with_suffix(".fam").name, "IID")
         snp_index = _positions(self.bim["snp"], snps, self.bed.with_suffix(".bim").name, "SNP")
+        flipped = self.alleles["flipped"].to_numpy()[snp_index]
+        with self._open() as bed:
+            dosages = bed.read(index=(sample_index, snp_index), dtype="float32")
+        dosages[:, flipped] = 2 - dosages[:, flipped]  # NaN stays NaN
+        return dosages
+
+    @cached_property
+    def alleles(self) -> pd.DataFrame:
+        """Per SNP (index ``snp``, .bim order): the ``counted`` allele (the minor one over every
+        sample of the .bed), the ``other`` one, the counted allele's ``frequency`` among the called
+        genotypes, and ``flipped`` (True when the counted allele is allele 2 of the .bim).
+
+        Computed once, streaming the .bed in blocks of SNPs (bounded memory for any cohort)."""
+        allele_1_copies = np.zeros(len(self.bim), dtype=np.int64)
+        called = np.zeros(len(self.bim), dtype=np.int64)
+        block = max(1, FREQUENCY_BLOCK // max(1, len(self.fam)))
+        with self._open() as bed:
+            for start in range(0, len(self.bim), block):
+                stop = min(start + block, len(self.bim))
+                calls = bed.read(index=np.s_[:, start:stop], dtype="int8")  # missing: -127
+                present = calls >= 0
+                called[start:stop] = present.sum(axis=0)
+                allele_1_copies[start:stop] = np.where(present, calls, 0).sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            frequency_1 = allele_1_copies / (2.0 * called)  # NaN for a SNP without calls
+        flipped = frequency_1 > 0.5  # a tie (and a SNP without calls) keeps allele 1
+        allele_1, allele_2 = self.bim["allele_1"].to_numpy(), self.bim["allele_2"].to_numpy()
+        return pd.DataFrame(
+            {
+                "counted": np.where(flipped, allele_2, allele_1),
+                "other": np.where(flipped, allele_1, allele_2),
+                "frequency": np.where(flipped, 1.0 - frequency_1, frequency_1),
+                "flipped": flipped,
+            },
+            index=pd.Index(self.bim["snp"].to_numpy(), name="snp"),
+        )
+
+    @contextmanager
+    def _open(self) -> Iterator:
+        from bed_reader import open_bed
+
         try:
             with open_bed(
                 self.bed,
@@ -51,7 +99,7 @@ class Genotypes:
                 properties={"iid": self.fam["IID"].to_numpy(), "sid": self.bim["snp"].to_numpy()},
                 num_threads=1,
             ) as bed:
-                return bed.read(index=(sample_index, snp_index), dtype="float32")
+                yield bed
         except Exception as exc:  # bed-reader raises plain ValueError/OSError on corrupt input
             raise DataError(f"cannot read genotypes ({exc})", file=self.bed.name) from None
 

@@ -2,8 +2,8 @@
 
 - ``snp_qc``: minor-allele frequency and the Hardy-Weinberg exact test (Wigginton, Cutler & Abecasis
   2005, Am J Hum Genet 76:887, PLINK's ``--hwe``) per SNP, on the dosages of the training subjects.
-- ``serialise``: one subject's SNPs grouped by gene, as text (VCF genotype notation, 1 = allele 1
-  of the .bim, the minor allele)::
+- ``serialise``: one subject's SNPs grouped by gene, as text (VCF genotype notation, 1 = the allele
+  the reader counts: the minor allele of the .bed's samples, ``cohort.genotypes.alleles``)::
 
       APOE: rs429358 0/1, rs7412 0/0; BIN1: rs744373 1/1;
 
@@ -25,7 +25,7 @@ import torch
 
 from adfuse.errors import ConfigError
 
-MISSING = 3  # genotype code of a missing call; 0, 1, 2 count copies of allele 1
+MISSING = 3  # genotype code of a missing call; 0, 1, 2 count copies of the counted allele
 GENOTYPE_TEXT = ("0/0", "0/1", "1/1", "./.")
 
 
