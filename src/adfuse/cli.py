@@ -33,6 +33,8 @@ def _root(
     ] = False,
 ) -> None:
     _state["debug"] = debug
+    if not debug:
+        _quiet_warnings()
 
 
 def _console(stderr: bool = False):
@@ -630,8 +632,6 @@ def main() -> None:
     """
     from adfuse.errors import AdfuseError
 
-    if not any(arg == "--debug" for arg in sys.argv[1:]):
-        _quiet_warnings()
     try:
         app()
     except AdfuseError as error:

@@ -436,6 +436,8 @@ def _train_torch(session: Session, config: TrainConfig, out: Path, device, progr
 def load_trained(run_dir: str | Path, dataset: str | Path | None = None, cache_dir=None) -> Session:
     """A finished run's session with the best weights loaded (``dataset`` defaults to the one it
     was trained on). Classical models are refitted on the same training subjects and seed."""
+    from adfuse.data.cohort import load_cohort
+
     run_dir = Path(run_dir)
     run = read_run(run_dir)
     if run.get("status") == "failed":
@@ -446,8 +448,6 @@ def load_trained(run_dir: str | Path, dataset: str | Path | None = None, cache_d
         )
     config = TrainConfig.build(**run["config"])
     dataset = Path(dataset or run["dataset"]["path"])
-    from adfuse.data.cohort import load_cohort
-
     cohort = load_cohort(dataset)
     check_fingerprint(run, cohort)  # before the split's subjects are looked up in it
     session = open_session(dataset, config, run_dir, cache_dir, cohort)
